@@ -1,0 +1,100 @@
+"""Shared fixtures: tiny random BERT/RoBERTa checkpoints saved to disk, and paths into ../shared."""
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+# ../shared holds the real data and the one real encoder these machines have (see README).
+SHARED = Path(os.environ.get("SHARED_DIR", REPO.parent / "shared"))
+SHARED_DATA = SHARED / "data"
+MINILM = SHARED / "models" / "all-MiniLM-L6-v2"
+
+WORDS = (
+    "a the man woman child dog cat is are was playing riding eating guitar horse bike food "
+    "on in with and of to . , ' s two people street park water ball red blue small big"
+).split()
+
+
+def _corpus():
+    import random
+
+    rng = random.Random(0)
+    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 12))) for _ in range(400)]
+
+
+def make_tiny_model(path: Path, kind: str = "bert", seed: int = 0, **config_overrides) -> Path:
+    """Save a random-init 2-layer encoder with a tokenizer trained on a toy corpus; return its folder."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+    torch.manual_seed(seed)
+    path.mkdir(parents=True, exist_ok=True)
+    if kind == "bert":
+        from transformers import BertConfig, BertModel, BertTokenizerFast
+
+        tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+        tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+        tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+        tok.train_from_iterator(_corpus(), trainers.WordPieceTrainer(vocab_size=200, special_tokens=specials))
+        tok.post_processor = processors.BertProcessing(("[SEP]", tok.token_to_id("[SEP]")), ("[CLS]", tok.token_to_id("[CLS]")))
+        tok.decoder = decoders.WordPiece()
+        tokenizer = BertTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]",
+                                      cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]",
+                                      model_max_length=64)
+        config = BertConfig(vocab_size=tok.get_vocab_size(), hidden_size=32, num_hidden_layers=2,
+                            num_attention_heads=4, intermediate_size=64, max_position_embeddings=64,
+                            pad_token_id=tokenizer.pad_token_id, **config_overrides)
+        model = BertModel(config)
+    elif kind == "roberta":
+        from transformers import RobertaConfig, RobertaModel, RobertaTokenizerFast
+
+        tok = Tokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+        tok.train_from_iterator(_corpus(), trainers.BpeTrainer(vocab_size=300, special_tokens=specials,
+                                                               initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+        tok.post_processor = processors.RobertaProcessing(("</s>", tok.token_to_id("</s>")), ("<s>", tok.token_to_id("<s>")))
+        tok.decoder = decoders.ByteLevel()
+        tokenizer = RobertaTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+                                         pad_token="<pad>", cls_token="<s>", sep_token="</s>", mask_token="<mask>",
+                                         model_max_length=62)
+        config = RobertaConfig(vocab_size=tok.get_vocab_size(), hidden_size=32, num_hidden_layers=2,
+                               num_attention_heads=4, intermediate_size=64, max_position_embeddings=64,
+                               pad_token_id=tokenizer.pad_token_id, bos_token_id=0, eos_token_id=2,
+                               **config_overrides)
+        model = RobertaModel(config)
+    else:
+        raise ValueError(kind)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory) -> Path:
+    return make_tiny_model(tmp_path_factory.mktemp("tiny-bert"), "bert")
+
+
+@pytest.fixture(scope="session")
+def tiny_roberta(tmp_path_factory) -> Path:
+    return make_tiny_model(tmp_path_factory.mktemp("tiny-roberta"), "roberta")
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not (SHARED_DATA / "downstream" / "STS").is_dir():
+        pytest.skip(f"real SentEval data not found at {SHARED_DATA} (set SHARED_DIR to the shared/ folder)")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def minilm() -> Path:
+    if not (MINILM / "config.json").is_file():
+        pytest.skip(f"all-MiniLM-L6-v2 not found at {MINILM} (set SHARED_DIR to the shared/ folder)")
+    return MINILM

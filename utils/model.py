@@ -1,0 +1,152 @@
+"""SimCSE's model pieces around a Hugging Face encoder: loading, the training-time MLP head, export.
+
+Vocabulary follows SimCSE's `models.py`: an encoder, a parameter-free pooler (`utils.pooling`) and, for
+the `cls` pooler, an `MLPLayer` (Linear + Tanh) on [CLS]. With `mlp_only_train` (the unsupervised
+recipe) the MLP is used in training only and evaluation reads the raw [CLS].
+"""
+
+import json
+import os
+
+import torch
+from torch import nn
+
+from utils.pooling import POOLERS, needs_hidden_states, pool
+
+
+def load_pretrained(name_or_path: str):
+    """(encoder, tokenizer) from a hub name or a local folder, weights in float32.
+
+    Mixed precision is accelerate's job (autocast); weights stay float32 so optimizer updates are exact.
+    """
+    from transformers import AutoModel, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+        encoder = AutoModel.from_pretrained(name_or_path, dtype=torch.float32)
+    except (OSError, ValueError) as err:
+        raise SystemExit(
+            f"error: could not load the model {name_or_path!r} (--model_name_or_path): {err}\n"
+            "Pass a local folder holding config.json, the weights and the tokenizer, or a hub name "
+            "on a machine that can reach the Hugging Face hub."
+        ) from None
+    return encoder, tokenizer
+
+
+class MLPLayer(nn.Module):
+    """SimCSE's head over [CLS]: Linear(H, H) + Tanh, the same shape as BERT's own pooler."""
+
+    def __init__(self, hidden_size: int, init_std: float = 0.02):
+        super().__init__()
+        self.dense = nn.Linear(hidden_size, hidden_size)
+        self.activation = nn.Tanh()
+        # SimCSE's MLP gets the encoder's initializer (normal, std = initializer_range), bias zero.
+        nn.init.normal_(self.dense.weight, std=init_std)
+        nn.init.zeros_(self.dense.bias)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.activation(self.dense(features))
+
+
+class SimCSEModel(nn.Module):
+    """Encoder + pooler (+ MLP for `cls`): tokenized batch -> (B, H) sentence embeddings.
+
+    In `train()` mode the `cls` pooler goes through the MLP; in `eval()` mode it does so only when
+    `mlp_only_train` is off. `eval_pooler` names the `utils.pooling` pooler that reproduces the
+    evaluation embedding on the exported checkpoint.
+    """
+
+    def __init__(self, encoder: nn.Module, pooler_type: str = "cls", mlp_only_train: bool = True):
+        super().__init__()
+        if pooler_type not in POOLERS:
+            raise ValueError(f"unknown pooler {pooler_type!r}; choose one of {', '.join(POOLERS)}")
+        self.pooler_type = pooler_type
+        self.mlp_only_train = mlp_only_train
+        self.encoder = encoder
+        # The encoder's own pooler takes no part in SimCSE (no gradient would reach it, which DDP rejects).
+        # Keep it outside the module tree: the export puts it back, or SimCSE's MLP in its place.
+        self._hf_pooler = [getattr(encoder, "pooler", None)]
+        if self._hf_pooler[0] is not None:
+            encoder.pooler = None
+        init_std = getattr(encoder.config, "initializer_range", 0.02)
+        self.mlp = MLPLayer(encoder.config.hidden_size, init_std) if pooler_type == "cls" else None
+
+    @property
+    def eval_pooler(self) -> str:
+        if self.pooler_type == "cls" and self.mlp_only_train:
+            return "cls_before_pooler"
+        return self.pooler_type
+
+    def forward(self, input_ids, attention_mask, **inputs) -> torch.Tensor:
+        outputs = self.encoder(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            output_hidden_states=needs_hidden_states(self.pooler_type),
+            return_dict=True,
+            **inputs,
+        )
+        if self.mlp is None:
+            return pool(self.pooler_type, attention_mask, outputs)
+        cls = pool("cls_before_pooler", attention_mask, outputs)
+        return self.mlp(cls) if (self.training or not self.mlp_only_train) else cls
+
+    def save_pretrained(self, out_dir: str, tokenizer, max_seq_length: int) -> None:
+        """Write a folder that `AutoModel.from_pretrained` and `SentenceTransformer` both load.
+
+        The training-only MLP is dropped; an MLP used at evaluation becomes the encoder's pooler (as
+        SimCSE's `simcse_to_huggingface.py` does) and a sentence-transformers Dense layer.
+        """
+        encoder, hf_pooler = self.encoder, self._hf_pooler[0]
+        use_mlp = self.eval_pooler == "cls"
+        if hf_pooler is not None:
+            hf_pooler = hf_pooler.to(next(encoder.parameters()).device)
+            if use_mlp:
+                hf_pooler.dense.load_state_dict(self.mlp.dense.state_dict())
+        encoder.pooler = hf_pooler
+        encoder.config.sentence_pooler = self.eval_pooler  # read back by evaluate.py's default --pooler
+        try:
+            encoder.save_pretrained(out_dir)
+        finally:
+            if hf_pooler is not None:
+                encoder.pooler = None
+        tokenizer.save_pretrained(out_dir)
+        write_sentence_transformers_files(out_dir, self.eval_pooler, encoder.config.hidden_size,
+                                          max_seq_length, self.mlp if use_mlp else None)
+
+
+def write_sentence_transformers_files(out_dir, eval_pooler, hidden_size, max_seq_length, mlp=None):
+    """modules.json + 1_Pooling (+ 2_Dense for an MLP) in sentence-transformers' long-standing layout.
+
+    sentence-transformers has no pooler for SimCSE's `avg_first_last` / `avg_top2`; those checkpoints
+    get no modules.json (sentence-transformers would silently mean-pool), only the transformers files.
+    """
+    modes = {"cls": "cls_token", "cls_before_pooler": "cls_token", "avg": "mean_tokens"}
+    if eval_pooler not in modes:
+        return
+    modules = [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+    ]
+    pooling = {"word_embedding_dimension": hidden_size}
+    for mode in ("cls_token", "mean_tokens", "max_tokens", "mean_sqrt_len_tokens"):
+        pooling[f"pooling_mode_{mode}"] = mode == modes[eval_pooler]
+    _write_json(os.path.join(out_dir, "1_Pooling", "config.json"), pooling)
+    if mlp is not None:
+        from safetensors.torch import save_file
+
+        modules.append({"idx": 2, "name": "2", "path": "2_Dense", "type": "sentence_transformers.models.Dense"})
+        _write_json(os.path.join(out_dir, "2_Dense", "config.json"), {
+            "in_features": hidden_size, "out_features": hidden_size, "bias": True,
+            "activation_function": "torch.nn.modules.activation.Tanh",
+        })
+        weights = {f"linear.{k}": v.detach().float().cpu().contiguous() for k, v in mlp.dense.state_dict().items()}
+        save_file(weights, os.path.join(out_dir, "2_Dense", "model.safetensors"))
+    _write_json(os.path.join(out_dir, "modules.json"), modules)
+    _write_json(os.path.join(out_dir, "sentence_bert_config.json"),
+                {"max_seq_length": max_seq_length, "do_lower_case": False})
+
+
+def _write_json(path, obj):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(obj, f, indent=2)

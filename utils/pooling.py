@@ -1,0 +1,70 @@
+"""Sentence poolers over a Hugging Face encoder's outputs, with SimCSE's five names.
+
+The definitions are those of SimCSE's `evaluation.py`, so a checkpoint evaluated here scores as it does
+there:
+
+- `cls`: the encoder's own pooler output (BERT/RoBERTa: Linear + Tanh over [CLS]). `train.py` exports
+  SimCSE's MLP head into that slot when the recipe evaluates with it.
+- `cls_before_pooler`: the raw [CLS] (first token) hidden state.
+- `avg`: mean of the last layer over the real (unmasked) tokens.
+- `avg_first_last`: mean over tokens of (hidden_states[1] + hidden_states[-1]) / 2, i.e. the first
+  transformer layer's output and the last (SimCSE uses index 1: index 0 is the embedding layer).
+- `avg_top2`: mean over tokens of the last two layers' average.
+"""
+
+import torch
+from torch import nn
+
+POOLERS = ("cls", "cls_before_pooler", "avg", "avg_first_last", "avg_top2")
+
+
+def needs_hidden_states(pooler_type: str) -> bool:
+    """Whether the encoder must be called with `output_hidden_states=True` for this pooler."""
+    return pooler_type in ("avg_first_last", "avg_top2")
+
+
+def masked_mean(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """(B, L, H), (B, L) -> (B, H): mean over the tokens whose mask is 1."""
+    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * mask).sum(1) / mask.sum(1)
+
+
+def pool(pooler_type: str, attention_mask: torch.Tensor, outputs) -> torch.Tensor:
+    """Pool a `BaseModelOutput*` into one (B, H) sentence embedding per row."""
+    if pooler_type == "cls":
+        if outputs.pooler_output is None:
+            raise ValueError(
+                "pooler 'cls' needs the encoder's pooler layer, and this model has none; "
+                "use --pooler cls_before_pooler for the raw [CLS] vector"
+            )
+        return outputs.pooler_output
+    if pooler_type == "cls_before_pooler":
+        return outputs.last_hidden_state[:, 0]
+    if pooler_type == "avg":
+        return masked_mean(outputs.last_hidden_state, attention_mask)
+    if pooler_type == "avg_first_last":
+        return masked_mean((outputs.hidden_states[1] + outputs.hidden_states[-1]) / 2.0, attention_mask)
+    if pooler_type == "avg_top2":
+        return masked_mean((outputs.hidden_states[-2] + outputs.hidden_states[-1]) / 2.0, attention_mask)
+    raise ValueError(f"unknown pooler {pooler_type!r}; choose one of {', '.join(POOLERS)}")
+
+
+class PooledEncoder(nn.Module):
+    """A plain `AutoModel` plus a pooler: maps a tokenized batch to (B, H) sentence embeddings."""
+
+    def __init__(self, encoder: nn.Module, pooler_type: str):
+        super().__init__()
+        if pooler_type not in POOLERS:
+            raise ValueError(f"unknown pooler {pooler_type!r}; choose one of {', '.join(POOLERS)}")
+        self.encoder = encoder
+        self.pooler_type = pooler_type
+
+    def forward(self, input_ids, attention_mask, **inputs) -> torch.Tensor:
+        outputs = self.encoder(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            output_hidden_states=needs_hidden_states(self.pooler_type),
+            return_dict=True,
+            **inputs,
+        )
+        return pool(self.pooler_type, attention_mask, outputs)
