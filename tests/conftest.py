@@ -98,3 +98,43 @@ def minilm() -> Path:
     if not (MINILM / "config.json").is_file():
         pytest.skip(f"all-MiniLM-L6-v2 not found at {MINILM} (set SHARED_DIR to the shared/ folder)")
     return MINILM
+
+
+def write_fake_senteval(root: Path, pairs: int = 40, seed: int = 0) -> Path:
+    """A SentEval data/ folder with STS-B and SICK-R files (all splits) made of toy sentences."""
+    import random
+
+    rng = random.Random(seed)
+    sent = lambda: " ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 9)))  # noqa: E731
+    stsb = root / "downstream" / "STS" / "STSBenchmark"
+    sick = root / "downstream" / "SICK"
+    stsb.mkdir(parents=True, exist_ok=True)
+    sick.mkdir(parents=True, exist_ok=True)
+    for split in ("train", "dev", "test"):
+        lines = [f"main-captions\tMSRvid\t2012test\t{i:04d}\t{rng.uniform(0, 5):.3f}\t{sent()}\t{sent()}"
+                 for i in range(pairs)]
+        (stsb / f"sts-{split}.csv").write_text("\n".join(lines) + "\n")
+    for name in ("SICK_train.txt", "SICK_trial.txt", "SICK_test_annotated.txt"):
+        lines = ["pair_ID\tsentence_A\tsentence_B\trelatedness_score\tentailment_judgment"]
+        lines += [f"{i}\t{sent()}\t{sent()}\t{rng.uniform(1, 5):.1f}\tNEUTRAL" for i in range(pairs)]
+        (sick / name).write_text("\n".join(lines) + "\n")
+    return root
+
+
+def write_corpus(path: Path, lines: int = 300, seed: int = 1) -> Path:
+    import random
+
+    rng = random.Random(seed)
+    path.write_text("\n".join(" ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 14)))
+                              for _ in range(lines)) + "\n")
+    return path
+
+
+@pytest.fixture(scope="session")
+def fake_senteval(tmp_path_factory) -> Path:
+    return write_fake_senteval(tmp_path_factory.mktemp("senteval-data"))
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory) -> Path:
+    return write_corpus(tmp_path_factory.mktemp("corpus") / "train.txt")

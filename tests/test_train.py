@@ -1,0 +1,200 @@
+"""train.py end to end on a tiny random BERT: outputs, export, resume after SIGKILL, bad inputs."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from tests.conftest import REPO, make_tiny_model, write_corpus
+
+TIMING_KEYS = {"elapsed_s", "sentences_per_s"}
+
+
+def train_cmd(model, corpus, data, out, *extra):
+    return [sys.executable, str(REPO / "train.py"), "--model_name_or_path", str(model), "--train_file", str(corpus),
+            "--eval_data_dir", str(data), "--output_dir", str(out), "--per_device_train_batch_size", "8",
+            "--max_seq_length", "16", "--learning_rate", "1e-3", "--logging_steps", "2", "--seed", "7", *extra]
+
+
+def run(cmd, **kw):
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=300, **kw)
+
+
+def records(out):
+    with open(os.path.join(out, "metrics.jsonl")) as f:
+        return [{k: v for k, v in json.loads(line).items() if k not in TIMING_KEYS} for line in f]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, tiny_bert, corpus, fake_senteval):
+    out = tmp_path_factory.mktemp("run") / "out"
+    proc = run(train_cmd(tiny_bert, corpus, fake_senteval, out, "--max_train_steps", "6", "--eval_steps", "3"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
+def test_run_writes_metrics_summary_and_best(finished_run):
+    recs = records(finished_run)
+    evals = [r for r in recs if r["event"] == "eval"]
+    trains = [r for r in recs if r["event"] == "train"]
+    assert [r["step"] for r in evals] == [0, 3, 6]
+    assert [r["step"] for r in trains] == [2, 4, 6]
+    assert all({"loss", "lr", "epoch"} <= r.keys() for r in trains)
+    assert all(math_finite(r["loss"]) for r in trains)
+    summary = json.load(open(finished_run / "summary.json"))
+    best = max(evals, key=lambda r: (r["stsb_dev"], -r["step"]))
+    assert summary["status"] == "finished" and summary["steps"] == 6
+    assert summary["best_step"] == best["step"]
+    assert summary["best"]["stsb_dev"] == best["stsb_dev"]
+    assert {"torch", "transformers", "accelerate"} <= summary["versions"].keys()
+    assert summary["args"]["temp"] == 0.05 and summary["eval_pooler"] == "cls_before_pooler"
+    best_metrics = json.load(open(finished_run / "best" / "best_metrics.json"))
+    assert best_metrics["step"] == best["step"]
+
+
+def math_finite(x):
+    return x == x and abs(x) != float("inf")
+
+
+def test_best_loads_in_transformers_and_sentence_transformers(finished_run):
+    from sentence_transformers import SentenceTransformer
+    from transformers import AutoModel, AutoTokenizer
+
+    best = str(finished_run / "best")
+    model, tok = AutoModel.from_pretrained(best), AutoTokenizer.from_pretrained(best)
+    assert model.config.sentence_pooler == "cls_before_pooler"
+    sentences = ["a man is playing guitar", "two dogs"]
+    with torch.no_grad():
+        cls = model(**tok(sentences, padding=True, return_tensors="pt")).last_hidden_state[:, 0]
+    st = SentenceTransformer(best, device="cpu").encode(sentences, convert_to_tensor=True)
+    torch.testing.assert_close(st, cls, atol=1e-5, rtol=1e-4)
+
+
+def test_evaluate_scores_best_exactly_as_the_training_log(finished_run, fake_senteval, tmp_path):
+    out = tmp_path / "eval.json"
+    proc = run([sys.executable, str(REPO / "evaluate.py"), "--model_name_or_path", str(finished_run / "best"),
+                "--mode", "dev", "--task_set", "sts", "--data_dir", str(fake_senteval), "--output_json", str(out)])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    logged = json.load(open(finished_run / "best" / "best_metrics.json"))
+    result = json.load(open(out))
+    assert result["pooler"] == "cls_before_pooler"
+    assert result["tasks"]["STSBenchmark"]["spearman"] == pytest.approx(logged["stsb_dev"], abs=1e-9)
+    assert result["tasks"]["SICKRelatedness"]["spearman"] == pytest.approx(logged["sickr_dev"], abs=1e-9)
+
+
+def test_sigkilled_run_resumes_to_the_uninterrupted_result(tmp_path, tiny_bert, corpus, fake_senteval):
+    args = ("--max_train_steps", "120", "--eval_steps", "30", "--checkpointing_steps", "10")
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    assert run(train_cmd(tiny_bert, corpus, fake_senteval, full, *args)).returncode == 0
+
+    proc = subprocess.Popen(train_cmd(tiny_bert, corpus, fake_senteval, killed, *args), cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while not (killed / "state" / "step_0000040").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "summary.json").exists(), "the run finished before it could be killed"
+    resumed = run(train_cmd(tiny_bert, corpus, fake_senteval, killed, *args, "--resume_from_checkpoint", "latest"))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+
+    assert records(killed) == records(full)
+    for rel in ("state/step_0000120/model.safetensors", "state/step_0000120/optimizer.bin", "best/model.safetensors"):
+        assert (killed / rel).read_bytes() == (full / rel).read_bytes(), rel
+    assert not [p for p in os.listdir(killed) if p.endswith((".tmp", ".old"))]
+
+
+def test_two_cpu_processes_under_accelerate_launch(tmp_path, corpus, fake_senteval):
+    # dropout off, so one process and two processes see the same views and must agree
+    model = make_tiny_model(tmp_path / "m", "bert", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    args = ("--max_train_steps", "4", "--eval_steps", "4", "--logging_steps", "1")
+    single = run(train_cmd(model, corpus, fake_senteval, tmp_path / "one", *args))
+    assert single.returncode == 0, single.stderr[-3000:]
+    # accelerate's --cpu launcher starts ONE process without MPI; --multi_gpu starts N (gloo on CPUs)
+    cmd = train_cmd(model, corpus, fake_senteval, tmp_path / "two", *args, "--per_device_train_batch_size", "4", "--cpu")
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", *cmd[1:]]
+    double = run(launch)
+    assert double.returncode == 0, double.stderr[-3000:]
+    one, two = records(tmp_path / "one"), records(tmp_path / "two")
+    assert one and [r["step"] for r in one] == [r["step"] for r in two]
+    for a, b in zip(one, two):
+        for key in ("loss", "stsb_dev", "sickr_dev"):
+            if key in a:
+                assert a[key] == pytest.approx(b[key], abs=1e-4), (a, b)
+    summary = json.load(open(tmp_path / "two" / "summary.json"))
+    assert summary["num_processes"] == 2 and summary["global_batch_size"] == 8
+
+
+def test_accelerate_launch_cpu_form_runs(tmp_path, tiny_bert, corpus, fake_senteval):
+    cmd = train_cmd(tiny_bert, corpus, fake_senteval, tmp_path / "out", "--max_train_steps", "2", "--eval_steps", "2")
+    proc = run([sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
+                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", *cmd[1:]])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.load(open(tmp_path / "out" / "summary.json"))["status"] == "finished"
+
+
+# ---- bad inputs: one clear error, exit code != 0, nothing already written is touched
+
+
+def bad_run(tmp_path, tiny_bert, corpus, data, *extra, out=None):
+    out = out or tmp_path / "out"
+    proc = run(train_cmd(tiny_bert, corpus, data, out, "--max_train_steps", "2", *extra))
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    return proc.stderr
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "no such file"), (b"", "is empty"), (b"\n \n", "only blank lines"),
+    (b"ok\n\xc3\x28 broken\n", "line 2, byte 1: not valid UTF-8"),
+])
+def test_bad_train_file(tmp_path, tiny_bert, fake_senteval, content, message):
+    path = tmp_path / "train.txt"
+    if content is not None:
+        path.write_bytes(content)
+    err = bad_run(tmp_path, tiny_bert, path, fake_senteval)
+    assert message in err and str(path) in err
+
+
+def test_missing_and_malformed_eval_files(tmp_path, tiny_bert, corpus, fake_senteval):
+    err = bad_run(tmp_path, tiny_bert, corpus, tmp_path / "nowhere")
+    assert "nowhere" in err and "utils.download senteval" in err
+    broken = tmp_path / "broken"
+    os.system(f"cp -r {fake_senteval} {broken}")
+    dev = broken / "downstream" / "STS" / "STSBenchmark" / "sts-dev.csv"
+    dev.write_text(dev.read_text().replace("\t", " ", 8))
+    err = bad_run(tmp_path, tiny_bert, corpus, broken)
+    assert str(dev) in err and "line 1" in err
+
+
+@pytest.mark.parametrize("flag, value", [
+    ("--learning_rate", "0"), ("--temp", "-0.05"), ("--per_device_train_batch_size", "1"),
+    ("--eval_steps", "0"), ("--max_seq_length", "5000"), ("--learning_rate", "nan"),
+])
+def test_out_of_range_flags(tmp_path, tiny_bert, corpus, fake_senteval, flag, value):
+    err = bad_run(tmp_path, tiny_bert, corpus, fake_senteval, flag, value)
+    assert flag in err
+
+
+def test_existing_run_is_never_overwritten(tmp_path, tiny_bert, corpus, fake_senteval, finished_run):
+    before = {p: p.read_bytes() for p in finished_run.rglob("*") if p.is_file()}
+    err = bad_run(tmp_path, tiny_bert, corpus, fake_senteval, out=finished_run)
+    assert "already holds a run" in err
+    assert before == {p: p.read_bytes() for p in finished_run.rglob("*") if p.is_file()}
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_state(tmp_path, tiny_bert, corpus, fake_senteval):
+    out = tmp_path / "out"
+    # cos / 1e-40 overflows float32: the very first loss is NaN
+    err = bad_run(tmp_path, tiny_bert, corpus, fake_senteval, "--temp", "1e-40", out=out)
+    assert "loss became nan at step 1" in err
+    summary = json.load(open(out / "summary.json"))
+    assert summary["status"].startswith("stopped") and summary["steps"] == 0
+    assert (out / "state" / "step_0000000" / "model.safetensors").exists()
+    assert (out / "best" / "model.safetensors").exists()  # the step-0 evaluation is kept

@@ -1,0 +1,323 @@
+"""Unsupervised SimCSE: fine-tune a pretrained encoder so that two dropout views of a sentence agree.
+
+Each batch is encoded twice in ONE forward pass (the batch stacked on itself: dropout makes the two
+views), and the loss is InfoNCE over cosine / temp with in-batch negatives (utils/loss.py). Every
+--eval_steps the encoder is scored on STS-B dev and SICK-R trial; the best STS-B dev checkpoint is kept
+in OUTPUT_DIR/best/, loadable by transformers.AutoModel and sentence_transformers.SentenceTransformer.
+
+    # SimCSE's recipe (batch 64, lr 3e-5, max_len 32, temp 0.05, [CLS] + MLP in training only)
+    python train.py --model_name_or_path bert-base-uncased --train_file data/wiki1m_for_simcse.txt \
+        --eval_data_dir data --output_dir runs/unsup-simcse-bert
+
+    # several GPUs (negatives are gathered from all processes: 4 x 64 = 256 per batch)
+    accelerate launch --num_processes 4 train.py ... --per_device_train_batch_size 16
+
+    # one-minute smoke run on a CPU
+    python train.py --model_name_or_path ../shared/models/all-MiniLM-L6-v2 \
+        --train_file ../shared/data/train/wiki1m_for_simcse.first11914.txt --eval_data_dir ../shared/data \
+        --max_train_steps 20 --eval_steps 10 --per_device_train_batch_size 16 --output_dir runs/smoke
+
+Outputs in OUTPUT_DIR: metrics.jsonl (one JSON object per log/eval event), summary.json (at the end),
+best/ (the best STS-B dev checkpoint), state/step_NNNNNNN/ (full training state, with
+--checkpointing_steps; resume with --resume_from_checkpoint latest).
+"""
+
+import argparse
+import math
+import os
+import sys
+import time
+
+import torch
+
+from utils.checkpoint import atomic_dir, publish_dir, recover_dir, state_dir_name, state_dirs
+from utils.data import DataError, SentenceBatches, read_sentences
+from utils.encode import default_max_length, encode
+from utils.loss import contrastive_loss
+from utils.model import SimCSEModel, load_pretrained
+from utils.pooling import POOLERS
+from utils.run_log import MetricsLog, versions, write_json_atomic
+from utils.sts import evaluate_sts, load_sts_tasks
+
+
+def _number(kind, low, low_ok):
+    def check(text):
+        value = kind(text)
+        if not (value >= low if low_ok else value > low) or (kind is float and not math.isfinite(value)):
+            raise argparse.ArgumentTypeError(f"must be {'>=' if low_ok else '>'} {low}, got {text}")
+        return value
+    return check
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    # model
+    p.add_argument("--model_name_or_path", default="bert-base-uncased", help="hub name or local folder")
+    p.add_argument("--pooler_type", default="cls", choices=POOLERS, help="sentence embedding in training")
+    p.add_argument("--mlp_only_train", action=argparse.BooleanOptionalAction, default=True,
+                   help="`cls` only: the MLP on [CLS] in training, raw [CLS] at evaluation (SimCSE unsup)")
+    p.add_argument("--temp", type=_number(float, 0, False), default=0.05, help="softmax temperature")
+    # data
+    p.add_argument("--train_file", required=True, help="text file, one sentence per line")
+    p.add_argument("--max_seq_length", type=_number(int, 2, True), default=32, help="tokens, longer is cut")
+    p.add_argument("--pad_to_max_length", action="store_true", help="pad every batch to --max_seq_length")
+    p.add_argument("--eval_data_dir", required=True, help="SentEval data/ folder (downstream/STS, downstream/SICK)")
+    # optimisation
+    p.add_argument("--per_device_train_batch_size", type=_number(int, 2, True), default=64)
+    p.add_argument("--learning_rate", type=_number(float, 0, False), default=3e-5)
+    p.add_argument("--weight_decay", type=_number(float, 0, True), default=0.0)
+    p.add_argument("--num_train_epochs", type=_number(int, 1, True), default=1)
+    p.add_argument("--max_train_steps", type=_number(int, 1, True), default=None,
+                   help="total optimizer steps; overrides --num_train_epochs")
+    p.add_argument("--lr_scheduler_type", default="linear",
+                   choices=["linear", "cosine", "constant", "constant_with_warmup"])
+    p.add_argument("--warmup_steps", type=_number(int, 0, True), default=0)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--mixed_precision", default="no", choices=["no", "fp16", "bf16"])
+    p.add_argument("--cpu", action="store_true", help="train on the CPU even where a GPU exists")
+    # evaluation, logging, checkpoints
+    p.add_argument("--eval_steps", type=_number(int, 1, True), default=125, help="STS-B/SICK-R dev every N steps")
+    p.add_argument("--eval_batch_size", type=_number(int, 1, True), default=128)
+    p.add_argument("--logging_steps", type=_number(int, 1, True), default=10, help="loss record every N steps")
+    p.add_argument("--output_dir", required=True)
+    p.add_argument("--checkpointing_steps", type=_number(int, 1, True), default=None,
+                   help="save the full training state every N steps (for --resume_from_checkpoint)")
+    p.add_argument("--checkpoints_total_limit", type=_number(int, 1, True), default=None,
+                   help="keep only the newest N training states (default: keep all)")
+    p.add_argument("--resume_from_checkpoint", default=None, help="a state/step_N folder, or `latest`")
+    p.add_argument("--report_to", default="none", choices=["none", "tensorboard", "wandb", "all"])
+    args = p.parse_args(argv)
+    if args.mlp_only_train and args.pooler_type != "cls":
+        args.mlp_only_train = False  # only `cls` has an MLP: the flag means nothing for other poolers
+    return args
+
+
+class TrainState:
+    """What a resumed run needs beyond model/optimizer/scheduler/RNG (saved by accelerate)."""
+
+    def __init__(self):
+        self.step, self.best_step, self.best_metrics, self.train_seconds = 0, None, None, 0.0
+
+    @property
+    def best_score(self):
+        return -math.inf if self.best_metrics is None else self.best_metrics["stsb_dev"]
+
+    def state_dict(self):
+        return dict(vars(self))
+
+    def load_state_dict(self, state):
+        vars(self).update(state)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    from accelerate import Accelerator
+    from accelerate.utils import broadcast_object_list, set_seed
+    from transformers import get_scheduler
+
+    log_with = None if args.report_to == "none" else args.report_to
+    accelerator = Accelerator(mixed_precision=args.mixed_precision, cpu=args.cpu, log_with=log_with)
+    main_process = accelerator.is_main_process
+
+    def fail(message):  # one clear line, exit code 2, nothing written is touched
+        accelerator.print(f"error: {message}", file=sys.stderr)
+        raise SystemExit(2)
+
+    # ---- output folder: a new run never writes over an old one
+    metrics_log = MetricsLog(os.path.join(args.output_dir, "metrics.jsonl"))
+    best_dir = os.path.join(args.output_dir, "best")
+    state_root = os.path.join(args.output_dir, "state")
+    if args.resume_from_checkpoint is None and os.path.exists(metrics_log.path):
+        fail(f"--output_dir {args.output_dir} already holds a run (metrics.jsonl); resume it with "
+             "--resume_from_checkpoint latest or choose another --output_dir")
+    if main_process:
+        os.makedirs(args.output_dir, exist_ok=True)
+        recover_dir(best_dir)
+
+    # ---- data and evaluation sets: read (and checked) before any model is loaded
+    try:
+        sentences = read_sentences(args.train_file)
+        load_sts_tasks(args.eval_data_dir, "dev")
+    except DataError as err:
+        fail(str(err))
+    set_seed(args.seed)
+    encoder, tokenizer = load_pretrained(args.model_name_or_path)
+    eval_max_length = default_max_length(tokenizer, encoder.config)
+    if args.max_seq_length > eval_max_length:
+        fail(f"--max_seq_length {args.max_seq_length} exceeds the model's limit of {eval_max_length} tokens")
+    try:
+        batches = SentenceBatches(sentences, tokenizer, args.per_device_train_batch_size, args.max_seq_length,
+                                  args.seed, accelerator.num_processes, accelerator.process_index,
+                                  args.pad_to_max_length)
+    except DataError as err:
+        fail(f"--train_file {args.train_file}: {err}")
+    total_steps = args.max_train_steps or args.num_train_epochs * batches.steps_per_epoch
+
+    # ---- model, optimizer, schedule
+    model = SimCSEModel(encoder, args.pooler_type, args.mlp_only_train)
+    no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight")
+    groups = [
+        {"params": [p for n, p in model.named_parameters() if not n.endswith(no_decay)],
+         "weight_decay": args.weight_decay},
+        {"params": [p for n, p in model.named_parameters() if n.endswith(no_decay)], "weight_decay": 0.0},
+    ]
+    optimizer = torch.optim.AdamW(groups, lr=args.learning_rate)
+    # Not prepared: accelerate would step it once per process, but our step count is global already.
+    scheduler = get_scheduler(args.lr_scheduler_type, optimizer, num_warmup_steps=args.warmup_steps,
+                              num_training_steps=total_steps)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    state = TrainState()
+    accelerator.register_for_checkpointing(scheduler, state)
+
+    if args.resume_from_checkpoint:
+        path = args.resume_from_checkpoint
+        if path == "latest":
+            found = state_dirs(state_root)
+            if not found:
+                fail(f"--resume_from_checkpoint latest: no saved state under {state_root}")
+            path = found[-1][1]
+        elif not os.path.isdir(path):
+            fail(f"--resume_from_checkpoint {path}: no such folder")
+        accelerator.load_state(path)
+        if main_process:
+            moved = metrics_log.truncate_after(state.step)
+            accelerator.print(f"resumed from {path} at step {state.step}"
+                              + (f" ({moved} later records moved to metrics.discarded.jsonl)" if moved else ""))
+    if log_with:
+        accelerator.init_trackers("simcse", config={k: v if isinstance(v, (int, float, str, bool)) else str(v)
+                                                    for k, v in vars(args).items()})
+
+    def evaluate():
+        """STS-B dev / SICK-R trial Spearman x 100 with the evaluation pooler, on the main process."""
+        results = [None]
+        if main_process:
+            unwrapped = accelerator.unwrap_model(model)
+            embed = lambda s: encode(unwrapped, tokenizer, s, batch_size=args.eval_batch_size,  # noqa: E731
+                                     max_length=eval_max_length, device=accelerator.device)
+            tasks = evaluate_sts(embed, args.eval_data_dir, mode="dev")["tasks"]
+            results = [{"stsb_dev": tasks["STSBenchmark"]["spearman"], "sickr_dev": tasks["SICKRelatedness"]["spearman"]}]
+        broadcast_object_list(results)
+        return results[0]
+
+    def save_best(metrics):
+        if main_process:
+            with atomic_dir(best_dir) as tmp:
+                accelerator.unwrap_model(model).save_pretrained(tmp, tokenizer, eval_max_length)
+                write_json_atomic(os.path.join(tmp, "best_metrics.json"), {"step": state.step, **metrics}, indent=2)
+        accelerator.wait_for_everyone()
+
+    def save_state():
+        path = os.path.join(state_root, state_dir_name(state.step))
+        tmp = path + ".tmp"
+        if main_process:
+            os.makedirs(state_root, exist_ok=True)
+            recover_dir(path)
+        accelerator.wait_for_everyone()
+        accelerator.save_state(tmp)
+        accelerator.wait_for_everyone()
+        if main_process:
+            publish_dir(tmp, path)
+            if args.checkpoints_total_limit:
+                import shutil
+
+                for _, old in state_dirs(state_root)[: -args.checkpoints_total_limit]:
+                    shutil.rmtree(old)
+        accelerator.wait_for_everyone()
+        return path
+
+    def record(event):
+        event = {"step": state.step, "epoch": round(state.step / batches.steps_per_epoch, 4), **event}
+        if main_process:
+            metrics_log.write(event)
+        if log_with:
+            accelerator.log({k: v for k, v in event.items() if isinstance(v, (int, float))}, step=state.step)
+
+    def on_eval():
+        metrics = evaluate()
+        record({"event": "eval", **metrics})
+        if metrics["stsb_dev"] > state.best_score:
+            state.best_step, state.best_metrics = state.step, metrics
+            save_best(metrics)
+        return metrics
+
+    accelerator.print(
+        f"{len(sentences):,} sentences | {accelerator.num_processes} process(es) x "
+        f"{args.per_device_train_batch_size} = {batches.global_batch_size} per batch "
+        f"({batches.global_batch_size - 1} in-batch negatives) | {batches.steps_per_epoch:,} steps/epoch | "
+        f"{total_steps:,} steps | eval pooler {accelerator.unwrap_model(model).eval_pooler}")
+    from tqdm.auto import tqdm
+
+    progress = tqdm(total=total_steps, initial=state.step, disable=not accelerator.is_local_main_process,
+                    desc="train", unit="step")
+    if state.step == 0:
+        on_eval()  # the starting point: SimCSE curves begin here
+    model.train()
+    running_loss, window_start, window_steps = torch.zeros((), device=accelerator.device), time.perf_counter(), 0
+    status = "finished"
+    while state.step < total_steps:
+        step_start = time.perf_counter()
+        batch = {k: v.to(accelerator.device, non_blocking=True) for k, v in batches(state.step).items()}
+        # One forward pass, two dropout views: rows [0, B) and [B, 2B) are the same sentences.
+        z1, z2 = model(**{k: torch.cat([v, v]) for k, v in batch.items()}).chunk(2)
+        loss = contrastive_loss(z1, z2, args.temp)
+        global_loss = accelerator.reduce(loss.detach(), reduction="mean")
+        if not torch.isfinite(global_loss):
+            status = f"stopped: the loss became {global_loss.item()} at step {state.step + 1}"
+            break
+        accelerator.backward(loss)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        state.step += 1
+        running_loss += global_loss
+        window_steps += 1
+        state.train_seconds += time.perf_counter() - step_start
+        progress.update(1)
+
+        if state.step % args.logging_steps == 0 or state.step == total_steps:
+            seconds = time.perf_counter() - window_start
+            loss_value = (running_loss / window_steps).item()
+            record({"event": "train", "loss": loss_value, "lr": scheduler.get_last_lr()[0],
+                    "elapsed_s": round(state.train_seconds, 3),
+                    "sentences_per_s": round(window_steps * batches.global_batch_size / seconds, 1)})
+            progress.set_postfix(loss=f"{loss_value:.4f}")
+            running_loss.zero_()
+            window_start, window_steps = time.perf_counter(), 0
+        if state.step % args.eval_steps == 0 or state.step == total_steps:
+            metrics = on_eval()
+            progress.set_postfix(stsb_dev=f"{metrics['stsb_dev']:.2f}", best=f"{state.best_score:.2f}")
+            window_start = time.perf_counter()
+        if args.checkpointing_steps and state.step % args.checkpointing_steps == 0:
+            save_state()
+            window_start = time.perf_counter()
+    progress.close()
+
+    last_state = save_state() if status != "finished" else None  # keep the last good state to resume from
+    summary = {
+        "status": status,
+        "steps": state.step,
+        "total_steps": total_steps,
+        "best_step": state.best_step,
+        "best": state.best_metrics,
+        "best_dir": best_dir if state.best_step is not None else None,
+        "train_seconds": round(state.train_seconds, 3),
+        "train_step_seconds_mean": round(state.train_seconds / max(state.step, 1), 5),
+        "eval_pooler": accelerator.unwrap_model(model).eval_pooler,
+        "global_batch_size": batches.global_batch_size,
+        "num_processes": accelerator.num_processes,
+        "args": vars(args),
+        "versions": versions(),
+    }
+    if main_process:
+        write_json_atomic(os.path.join(args.output_dir, "summary.json"), summary, indent=2)
+    accelerator.end_training()
+    if status != "finished":
+        accelerator.print(f"error: {status}; the last good state is in {last_state}. Lower --learning_rate, "
+                          "raise --temp, or use --mixed_precision bf16 instead of fp16.", file=sys.stderr)
+        raise SystemExit(1)
+    accelerator.print(f"best STS-B dev {state.best_score:.2f} at step {state.best_step} -> {best_dir}")
+
+
+if __name__ == "__main__":
+    main()
