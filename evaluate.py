@@ -22,6 +22,7 @@ import time
 
 import torch
 
+from utils.cli import number
 from utils.data import DataError
 from utils.encode import default_max_length, encode
 from utils.model import load_pretrained
@@ -37,8 +38,8 @@ parser.add_argument("--pooler", choices=POOLERS, default=None,
 parser.add_argument("--mode", choices=["test", "dev"], default="test")
 parser.add_argument("--task_set", choices=["sts"], default="sts")
 parser.add_argument("--data_dir", default="data", help="SentEval's data/ folder (the one holding downstream/)")
-parser.add_argument("--batch_size", type=int, default=128)
-parser.add_argument("--max_seq_length", type=int, default=None,
+parser.add_argument("--batch_size", type=number(int, 1), default=128, help="sentences per encode batch")
+parser.add_argument("--max_seq_length", type=number(int, 2), default=None,
                     help="truncate inputs to this many tokens; default: the longest the encoder accepts")
 parser.add_argument("--output_json", default=None, help="also write the results here (default: print only)")
 parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
@@ -68,6 +69,8 @@ else:
 if pooler not in POOLERS:
     fail(f"{args.model_name_or_path}/config.json: sentence_pooler {pooler!r} is not one of {', '.join(POOLERS)}")
 device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+if device.type == "cuda" and not torch.cuda.is_available():
+    fail(f"--device {args.device}: no CUDA device is available here")
 model = PooledEncoder(encoder, pooler).to(device)
 max_length = args.max_seq_length or default_max_length(tokenizer, encoder.config)
 print(f"model {args.model_name_or_path} | pooler {pooler} ({why}) | max_seq_length {max_length} | {device}")

@@ -31,6 +31,7 @@ import time
 import torch
 
 from utils.checkpoint import atomic_dir, publish_dir, recover_dir, state_dir_name, state_dirs
+from utils.cli import number
 from utils.data import DataError, SentenceBatches, read_sentences
 from utils.encode import default_max_length, encode
 from utils.loss import contrastive_loss
@@ -38,15 +39,6 @@ from utils.model import SimCSEModel, load_pretrained
 from utils.pooling import POOLERS
 from utils.run_log import MetricsLog, versions, write_json_atomic
 from utils.sts import evaluate_sts, load_sts_tasks
-
-
-def _number(kind, low, low_ok):
-    def check(text):
-        value = kind(text)
-        if not (value >= low if low_ok else value > low) or (kind is float and not math.isfinite(value)):
-            raise argparse.ArgumentTypeError(f"must be {'>=' if low_ok else '>'} {low}, got {text}")
-        return value
-    return check
 
 
 def parse_args(argv=None):
@@ -57,36 +49,41 @@ def parse_args(argv=None):
     p.add_argument("--pooler_type", default="cls", choices=POOLERS, help="sentence embedding in training")
     p.add_argument("--mlp_only_train", action=argparse.BooleanOptionalAction, default=True,
                    help="`cls` only: the MLP on [CLS] in training, raw [CLS] at evaluation (SimCSE unsup)")
-    p.add_argument("--temp", type=_number(float, 0, False), default=0.05, help="softmax temperature")
+    p.add_argument("--temp", type=number(float, 0, inclusive=False), default=0.05, help="softmax temperature")
     # data
     p.add_argument("--train_file", required=True, help="text file, one sentence per line")
-    p.add_argument("--max_seq_length", type=_number(int, 2, True), default=32, help="tokens, longer is cut")
+    p.add_argument("--max_seq_length", type=number(int, 2), default=32, help="tokens, longer is cut")
     p.add_argument("--pad_to_max_length", action="store_true", help="pad every batch to --max_seq_length")
     p.add_argument("--eval_data_dir", required=True, help="SentEval data/ folder (downstream/STS, downstream/SICK)")
     # optimisation
-    p.add_argument("--per_device_train_batch_size", type=_number(int, 2, True), default=64)
-    p.add_argument("--learning_rate", type=_number(float, 0, False), default=3e-5)
-    p.add_argument("--weight_decay", type=_number(float, 0, True), default=0.0)
-    p.add_argument("--num_train_epochs", type=_number(int, 1, True), default=1)
-    p.add_argument("--max_train_steps", type=_number(int, 1, True), default=None,
+    p.add_argument("--per_device_train_batch_size", type=number(int, 2), default=64,
+                   help="sentences per process and step; the global batch is this x processes")
+    p.add_argument("--learning_rate", type=number(float, 0, inclusive=False), default=3e-5, help="AdamW peak learning rate")
+    p.add_argument("--weight_decay", type=number(float, 0), default=0.0,
+                   help="AdamW weight decay (not on biases and LayerNorm weights)")
+    p.add_argument("--num_train_epochs", type=number(int, 1), default=1, help="passes over --train_file")
+    p.add_argument("--max_train_steps", type=number(int, 1), default=None,
                    help="total optimizer steps; overrides --num_train_epochs")
     p.add_argument("--lr_scheduler_type", default="linear",
-                   choices=["linear", "cosine", "constant", "constant_with_warmup"])
-    p.add_argument("--warmup_steps", type=_number(int, 0, True), default=0)
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--mixed_precision", default="no", choices=["no", "fp16", "bf16"])
+                   choices=["linear", "cosine", "constant", "constant_with_warmup"],
+                   help="learning-rate schedule over the total steps (transformers' get_scheduler)")
+    p.add_argument("--warmup_steps", type=number(int, 0), default=0, help="linear warm-up steps")
+    p.add_argument("--seed", type=int, default=42, help="seeds the MLP init, dropout and the data order")
+    p.add_argument("--mixed_precision", default="no", choices=["no", "fp16", "bf16"],
+                   help="autocast through accelerate; weights and optimizer stay float32")
     p.add_argument("--cpu", action="store_true", help="train on the CPU even where a GPU exists")
     # evaluation, logging, checkpoints
-    p.add_argument("--eval_steps", type=_number(int, 1, True), default=125, help="STS-B/SICK-R dev every N steps")
-    p.add_argument("--eval_batch_size", type=_number(int, 1, True), default=128)
-    p.add_argument("--logging_steps", type=_number(int, 1, True), default=10, help="loss record every N steps")
-    p.add_argument("--output_dir", required=True)
-    p.add_argument("--checkpointing_steps", type=_number(int, 1, True), default=None,
+    p.add_argument("--eval_steps", type=number(int, 1), default=125, help="STS-B/SICK-R dev every N steps")
+    p.add_argument("--eval_batch_size", type=number(int, 1), default=128, help="sentences per encode batch")
+    p.add_argument("--logging_steps", type=number(int, 1), default=10, help="loss record every N steps")
+    p.add_argument("--output_dir", required=True, help="metrics.jsonl, summary.json, best/, state/ go here")
+    p.add_argument("--checkpointing_steps", type=number(int, 1), default=None,
                    help="save the full training state every N steps (for --resume_from_checkpoint)")
-    p.add_argument("--checkpoints_total_limit", type=_number(int, 1, True), default=None,
-                   help="keep only the newest N training states (default: keep all)")
+    p.add_argument("--checkpoints_total_limit", type=number(int, 1), default=None,
+                   help="keep only the newest N training states (None: keep all)")
     p.add_argument("--resume_from_checkpoint", default=None, help="a state/step_N folder, or `latest`")
-    p.add_argument("--report_to", default="none", choices=["none", "tensorboard", "wandb", "all"])
+    p.add_argument("--report_to", default="none", choices=["none", "tensorboard", "wandb", "all"],
+                   help="also send the records to these trackers (accelerate; logs under OUTPUT_DIR)")
     args = p.parse_args(argv)
     if args.mlp_only_train and args.pooler_type != "cls":
         args.mlp_only_train = False  # only `cls` has an MLP: the flag means nothing for other poolers
@@ -117,7 +114,8 @@ def main(argv=None):
     from transformers import get_scheduler
 
     log_with = None if args.report_to == "none" else args.report_to
-    accelerator = Accelerator(mixed_precision=args.mixed_precision, cpu=args.cpu, log_with=log_with)
+    accelerator = Accelerator(mixed_precision=args.mixed_precision, cpu=args.cpu, log_with=log_with,
+                              project_dir=args.output_dir)
     main_process = accelerator.is_main_process
 
     def fail(message):  # one clear line, exit code 2, nothing written is touched
