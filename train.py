@@ -33,10 +33,12 @@ import torch
 from utils.checkpoint import atomic_dir, publish_dir, recover_dir, state_dir_name, state_dirs
 from utils.cli import number
 from utils.data import DataError, SentenceBatches, read_sentences
-from utils.encode import default_max_length, encode
+from utils.encode import EmbeddingCache, default_max_length, encode
 from utils.loss import contrastive_loss
 from utils.model import SimCSEModel, load_pretrained
+from utils.phase import PeakCheckpoint, PeakDetector, describe_peak, offline_peak
 from utils.pooling import POOLERS
+from utils.rank import RANK_METRICS, probe_metrics, stsb_probe, vne_penalty
 from utils.run_log import MetricsLog, versions, write_json_atomic
 from utils.sts import evaluate_sts, load_sts_tasks
 
@@ -82,9 +84,36 @@ def parse_args(argv=None):
     p.add_argument("--checkpoints_total_limit", type=number(int, 1), default=None,
                    help="keep only the newest N training states (None: keep all)")
     p.add_argument("--resume_from_checkpoint", default=None, help="a state/step_N folder, or `latest`")
+    # representation rank (Jung et al. 2024): probe metrics, phases, Rank Reduction
+    p.add_argument("--rank_eval_steps", type=number(int, 1), default=10,
+                   help="rank metrics of the probe set every N steps until --rank_eval_until (the peak comes early)")
+    p.add_argument("--rank_eval_until", type=number(int, 0), default=500,
+                   help="last step of the dense rank schedule (0: rank metrics only at --eval_steps)")
+    p.add_argument("--probe_split", default="dev", choices=["train", "dev", "test"],
+                   help="STS-B split whose sentences form the probe set (positives for alignment: gold > 4)")
+    p.add_argument("--energy_tau", type=number(float, 0, inclusive=False), default=0.9,
+                   help="energy_rank: smallest k holding this share of the squared singular values")
+    p.add_argument("--phase_metric", default="effective_rank", choices=RANK_METRICS,
+                   help="the rank metric whose peak splits Phase 1 from Phase 2")
+    p.add_argument("--phase_patience", type=number(int, 1), default=3,
+                   help="the peak is declared after this many evaluations below it by --phase_margin")
+    p.add_argument("--phase_margin", type=number(float, 0), default=0.01,
+                   help="relative drop below the running peak that counts as falling")
+    p.add_argument("--save_peak_checkpoint", action="store_true",
+                   help="also export the model at the rank peak to OUTPUT_DIR/peak/")
+    p.add_argument("--rank-reduction", "--rank_reduction", dest="rank_reduction", type=number(float, 0), default=0.0,
+                   help="RR weight lambda: loss = InfoNCE + lambda * VNE(batch embeddings); 0 = off")
+    p.add_argument("--rr_on", default="mlp", choices=["mlp", "encoder"],
+                   help="RR on the training embedding (after the MLP) or on the encoder's pooled output")
+    p.add_argument("--rr_start", default="0", choices=["0", "peak"],
+                   help="RR from step 0, or from the detected rank peak on")
     p.add_argument("--report_to", default="none", choices=["none", "tensorboard", "wandb", "all"],
                    help="also send the records to these trackers (accelerate; logs under OUTPUT_DIR)")
     args = p.parse_args(argv)
+    if args.energy_tau > 1:
+        p.error(f"argument --energy_tau: must be <= 1, got {args.energy_tau}")
+    if args.phase_margin >= 1:
+        p.error(f"argument --phase_margin: must be < 1, got {args.phase_margin}")
     if args.mlp_only_train and args.pooler_type != "cls":
         args.mlp_only_train = False  # only `cls` has an MLP: the flag means nothing for other poolers
     return args
@@ -131,12 +160,14 @@ def main(argv=None):
              "--resume_from_checkpoint latest or choose another --output_dir")
     if main_process:
         os.makedirs(args.output_dir, exist_ok=True)
-        recover_dir(best_dir)
+        for folder in ("best", "peak", "peak.candidate"):
+            recover_dir(os.path.join(args.output_dir, folder))
 
     # ---- data and evaluation sets: read (and checked) before any model is loaded
     try:
         sentences = read_sentences(args.train_file)
         load_sts_tasks(args.eval_data_dir, "dev")
+        probe_sentences, probe_pairs = stsb_probe(args.eval_data_dir, args.probe_split)
     except DataError as err:
         fail(str(err))
     set_seed(args.seed)
@@ -166,7 +197,9 @@ def main(argv=None):
                               num_training_steps=total_steps)
     model, optimizer = accelerator.prepare(model, optimizer)
     state = TrainState()
-    accelerator.register_for_checkpointing(scheduler, state)
+    detector = PeakDetector(args.phase_patience, args.phase_margin)
+    accelerator.register_for_checkpointing(scheduler, state, detector)
+    peak_checkpoint = PeakCheckpoint(args.output_dir, keep=detector.window // 2 + 1) if args.save_peak_checkpoint else None
 
     if args.resume_from_checkpoint:
         path = args.resume_from_checkpoint
@@ -186,15 +219,20 @@ def main(argv=None):
         accelerator.init_trackers("simcse", config={k: v if isinstance(v, (int, float, str, bool)) else str(v)
                                                     for k, v in vars(args).items()})
 
-    def evaluate():
-        """STS-B dev / SICK-R trial Spearman x 100 with the evaluation pooler, on the main process."""
+    def evaluate(full: bool) -> dict:
+        """Rank metrics of the probe set and, when `full`, STS-B dev / SICK-R trial Spearman x 100, all with
+        the evaluation pooler and one encode per sentence; computed on the main process, sent to all."""
         results = [None]
         if main_process:
             unwrapped = accelerator.unwrap_model(model)
-            embed = lambda s: encode(unwrapped, tokenizer, s, batch_size=args.eval_batch_size,  # noqa: E731
-                                     max_length=eval_max_length, device=accelerator.device)
-            tasks = evaluate_sts(embed, args.eval_data_dir, mode="dev")["tasks"]
-            results = [{"stsb_dev": tasks["STSBenchmark"]["spearman"], "sickr_dev": tasks["SICKRelatedness"]["spearman"]}]
+            embed = EmbeddingCache(lambda s: encode(unwrapped, tokenizer, s, batch_size=args.eval_batch_size,
+                                                    max_length=eval_max_length, device=accelerator.device))
+            metrics = probe_metrics(embed(probe_sentences), probe_pairs, tau=args.energy_tau)
+            if full:
+                tasks = evaluate_sts(embed, args.eval_data_dir, mode="dev")["tasks"]
+                metrics = {"stsb_dev": tasks["STSBenchmark"]["spearman"],
+                           "sickr_dev": tasks["SICKRelatedness"]["spearman"], **metrics}
+            results = [metrics]
         broadcast_object_list(results)
         return results[0]
 
@@ -231,11 +269,19 @@ def main(argv=None):
         if log_with:
             accelerator.log({k: v for k, v in event.items() if isinstance(v, (int, float))}, step=state.step)
 
-    def on_eval():
-        metrics = evaluate()
-        record({"event": "eval", **metrics})
-        if metrics["stsb_dev"] > state.best_score:
-            state.best_step, state.best_metrics = state.step, metrics
+    def on_eval(full: bool) -> dict:
+        metrics = evaluate(full)
+        event = detector.update(state.step, metrics[args.phase_metric])
+        if peak_checkpoint is not None and main_process:
+            unwrapped = accelerator.unwrap_model(model)
+            peak_checkpoint.remember(state.step, unwrapped)
+            peak_checkpoint.on_event(event, unwrapped, tokenizer, eval_max_length)
+        if event["declared"]:
+            accelerator.print(f"\nrank peak declared at step {state.step}: {args.phase_metric} peaked at step "
+                              f"{detector.peak_step} ({detector.peak_value:.4g}); Phase 2 from here on")
+        record({"event": "eval" if full else "rank", "phase": detector.phase, **metrics})
+        if full and metrics["stsb_dev"] > state.best_score:
+            state.best_step, state.best_metrics = state.step, {k: metrics[k] for k in ("stsb_dev", "sickr_dev")}
             save_best(metrics)
         return metrics
 
@@ -249,42 +295,57 @@ def main(argv=None):
     progress = tqdm(total=total_steps, initial=state.step, disable=not accelerator.is_local_main_process,
                     desc="train", unit="step")
     if state.step == 0:
-        on_eval()  # the starting point: SimCSE curves begin here
+        on_eval(full=True)  # the starting point: SimCSE curves begin here
     model.train()
-    running_loss, window_start, window_steps = torch.zeros((), device=accelerator.device), time.perf_counter(), 0
+    window = torch.zeros(3, device=accelerator.device)  # running sums of loss, InfoNCE, RR's VNE
+    window_start, window_steps = time.perf_counter(), 0
+    rr_on_encoder = args.rank_reduction > 0 and args.rr_on == "encoder"
     status = "finished"
     while state.step < total_steps:
         step_start = time.perf_counter()
         batch = {k: v.to(accelerator.device, non_blocking=True) for k, v in batches(state.step).items()}
         # One forward pass, two dropout views: rows [0, B) and [B, 2B) are the same sentences.
-        z1, z2 = model(**{k: torch.cat([v, v]) for k, v in batch.items()}).chunk(2)
-        loss = contrastive_loss(z1, z2, args.temp)
-        global_loss = accelerator.reduce(loss.detach(), reduction="mean")
-        if not torch.isfinite(global_loss):
-            status = f"stopped: the loss became {global_loss.item()} at step {state.step + 1}"
+        out = model(**{k: torch.cat([v, v]) for k, v in batch.items()}, return_pooled=rr_on_encoder)
+        z, rr_input = out if rr_on_encoder else (out, out)
+        z1, z2 = z.chunk(2)
+        infonce = contrastive_loss(z1, z2, args.temp)
+        loss, vne = infonce, torch.zeros((), device=infonce.device)
+        if args.rank_reduction > 0 and (args.rr_start == "0" or detector.declared):
+            # Rank Reduction: lower the von Neumann entropy (log effective rank) of each view's global batch
+            vne = sum(vne_penalty(view, gather=True) for view in rr_input.chunk(2)) / 2
+            loss = infonce + args.rank_reduction * vne
+        terms = accelerator.reduce(torch.stack([loss, infonce, vne]).detach(), reduction="mean")
+        if not torch.isfinite(terms[0]):
+            status = f"stopped: the loss became {terms[0].item()} at step {state.step + 1}"
             break
         accelerator.backward(loss)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         state.step += 1
-        running_loss += global_loss
+        window += terms
         window_steps += 1
         state.train_seconds += time.perf_counter() - step_start
         progress.update(1)
 
         if state.step % args.logging_steps == 0 or state.step == total_steps:
             seconds = time.perf_counter() - window_start
-            loss_value = (running_loss / window_steps).item()
-            record({"event": "train", "loss": loss_value, "lr": scheduler.get_last_lr()[0],
-                    "elapsed_s": round(state.train_seconds, 3),
+            loss_value, infonce_value, vne_value = (window / window_steps).tolist()
+            rr = {}
+            if args.rank_reduction > 0:
+                rr = {"infonce": infonce_value, "rr_vne": vne_value,
+                      "rr_share": args.rank_reduction * vne_value / loss_value if loss_value else None}
+            record({"event": "train", "phase": detector.phase, "loss": loss_value, **rr,
+                    "lr": scheduler.get_last_lr()[0], "elapsed_s": round(state.train_seconds, 3),
                     "sentences_per_s": round(window_steps * batches.global_batch_size / seconds, 1)})
             progress.set_postfix(loss=f"{loss_value:.4f}")
-            running_loss.zero_()
+            window.zero_()
             window_start, window_steps = time.perf_counter(), 0
-        if state.step % args.eval_steps == 0 or state.step == total_steps:
-            metrics = on_eval()
-            progress.set_postfix(stsb_dev=f"{metrics['stsb_dev']:.2f}", best=f"{state.best_score:.2f}")
+        full = state.step % args.eval_steps == 0 or state.step == total_steps
+        if full or (state.step <= args.rank_eval_until and state.step % args.rank_eval_steps == 0):
+            metrics = on_eval(full)
+            if full:
+                progress.set_postfix(stsb_dev=f"{metrics['stsb_dev']:.2f}", best=f"{state.best_score:.2f}")
             window_start = time.perf_counter()
         if args.checkpointing_steps and state.step % args.checkpointing_steps == 0:
             save_state()
@@ -292,6 +353,12 @@ def main(argv=None):
     progress.close()
 
     last_state = save_state() if status != "finished" else None  # keep the last good state to resume from
+    peak = None
+    if main_process:  # the offline peak: the highest-rank evaluation of the whole run, earliest on ties
+        evals = [r for r in metrics_log.read() if r.get("event") in ("eval", "rank")]
+        peak = offline_peak([r["step"] for r in evals], [r.get(args.phase_metric) for r in evals])
+        peak["description"] = describe_peak(peak, args.phase_metric)
+        accelerator.print(peak["description"])
     summary = {
         "status": status,
         "steps": state.step,
@@ -301,6 +368,16 @@ def main(argv=None):
         "best_dir": best_dir if state.best_step is not None else None,
         "train_seconds": round(state.train_seconds, 3),
         "train_step_seconds_mean": round(state.train_seconds / max(state.step, 1), 5),
+        "rank": {
+            "phase_metric": args.phase_metric,
+            "offline_peak": peak,
+            "online_peak": {"step": detector.peak_step, "value": detector.peak_value,
+                            "declared_at_step": detector.declared_step} if detector.declared else None,
+            "phase2_end_step": state.best_step,  # Phase 2 runs from the peak to the best STS-B dev checkpoint
+            "peak_dir": peak_checkpoint.peak_dir if peak_checkpoint and os.path.isdir(peak_checkpoint.peak_dir) else None,
+            "peak_checkpoint_note": peak_checkpoint.note if peak_checkpoint else None,
+        },
+        "rank_reduction": {"weight": args.rank_reduction, "on": args.rr_on, "start": args.rr_start},
         "eval_pooler": accelerator.unwrap_model(model).eval_pooler,
         "global_batch_size": batches.global_batch_size,
         "num_processes": accelerator.num_processes,

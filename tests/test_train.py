@@ -198,3 +198,67 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_state(tmp_path, tiny_bert
     assert summary["status"].startswith("stopped") and summary["steps"] == 0
     assert (out / "state" / "step_0000000" / "model.safetensors").exists()
     assert (out / "best" / "model.safetensors").exists()  # the step-0 evaluation is kept
+
+
+# ---- representation rank: probe metrics, phases, Rank Reduction
+
+RANK_ARGS = ("--pooler_type", "avg", "--max_train_steps", "30", "--eval_steps", "15", "--rank_eval_steps", "5", "--rank_eval_until", "10",
+             "--learning_rate", "1e-3")
+
+
+@pytest.fixture(scope="module")
+def rank_runs(tmp_path_factory, tiny_bert, corpus, fake_senteval):
+    root = tmp_path_factory.mktemp("rank")
+    runs = {}
+    for name, extra in {"base": (), "rr": ("--rank-reduction", "1.0")}.items():
+        proc = run(train_cmd(tiny_bert, corpus, fake_senteval, root / name, *RANK_ARGS, *extra))
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        runs[name] = root / name
+    return runs
+
+
+def test_rank_metrics_are_logged_densely_early_and_at_every_evaluation(rank_runs):
+    recs = records(rank_runs["base"])
+    rank_keys = {"effective_rank", "vne", "eig_effective_rank", "energy_rank", "alignment", "uniformity"}
+    assert [(r["event"], r["step"]) for r in recs if r["event"] in ("eval", "rank")] == [
+        ("eval", 0), ("rank", 5), ("rank", 10), ("eval", 15), ("eval", 30)]
+    for r in recs:
+        assert r["phase"] in (1, 2)
+        if r["event"] in ("eval", "rank"):
+            assert rank_keys <= r.keys() and 1 <= r["effective_rank"] <= 32
+        if r["event"] == "eval":
+            assert {"stsb_dev", "sickr_dev"} <= r.keys()
+    summary = json.load(open(rank_runs["base"] / "summary.json"))
+    peak = summary["rank"]["offline_peak"]
+    evals = [r for r in recs if r["event"] in ("eval", "rank")]
+    top = max(r["effective_rank"] for r in evals)
+    assert peak["step"] == next(r["step"] for r in evals if r["effective_rank"] == top)
+    assert peak["description"] and summary["rank"]["phase2_end_step"] == summary["best_step"]
+    assert summary["train_step_seconds_mean"] > 0
+
+
+def test_rank_reduction_lowers_the_rank_from_the_same_seed(rank_runs):
+    base, rr = records(rank_runs["base"]), records(rank_runs["rr"])
+    assert base[0] == rr[0]  # same seed, same starting evaluation
+    assert rr[-1]["vne"] < base[-1]["vne"] - 0.05
+    trains = [r for r in rr if r["event"] == "train"]
+    assert all(r["rr_vne"] > 0 and 0 < r["rr_share"] for r in trains)
+    assert all(abs(r["loss"] - (r["infonce"] + 1.0 * r["rr_vne"])) < 1e-4 for r in trains)
+    assert "rr_vne" not in next(r for r in base if r["event"] == "train")
+    assert json.load(open(rank_runs["rr"] / "summary.json"))["rank_reduction"]["weight"] == 1.0
+
+
+@pytest.mark.parametrize("extra", [("--rr_on", "encoder"), ("--rr_start", "peak", "--save_peak_checkpoint")])
+def test_rank_reduction_variants_run(tmp_path, tiny_bert, corpus, fake_senteval, extra):
+    out = tmp_path / "out"
+    proc = run(train_cmd(tiny_bert, corpus, fake_senteval, out, "--max_train_steps", "6", "--eval_steps", "3",
+                         "--rank_eval_steps", "1", "--rank-reduction", "0.5", *extra))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    trains = [r for r in records(out) if r["event"] == "train"]
+    summary = json.load(open(out / "summary.json"))
+    if "peak" in extra:  # RR waits for a declared peak; none comes in 6 steps of a random model, or it does
+        declared = summary["rank"]["online_peak"]
+        assert all((r["rr_vne"] == 0) == (declared is None or r["step"] <= declared["declared_at_step"])
+                   for r in trains)
+    else:
+        assert all(r["rr_vne"] > 0 for r in trains)

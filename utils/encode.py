@@ -84,3 +84,18 @@ def encode(model, tokenizer, sentences, *, batch_size: int = 128, max_length: in
     if out is None:
         raise ValueError("encode() got no sentences")
     return out[torch.tensor([index[s] for s in sentences])]
+
+
+class EmbeddingCache:
+    """Memoises an `embed(list[str]) -> (N, H)` function: each sentence is encoded once however many
+    metrics ask for it (one checkpoint's STS scores and rank metrics share one pass)."""
+
+    def __init__(self, embed):
+        self.embed = embed
+        self.rows = {}
+
+    def __call__(self, sentences) -> torch.Tensor:
+        missing = [s for s in dict.fromkeys(sentences) if s not in self.rows]
+        if missing:
+            self.rows.update(zip(missing, self.embed(missing)))
+        return torch.stack([self.rows[s] for s in sentences])

@@ -11,7 +11,7 @@ import os
 import torch
 from torch import nn
 
-from utils.pooling import POOLERS, needs_hidden_states, pool
+from utils.pooling import POOLERS, encoder_outputs, pool
 
 
 def load_pretrained(name_or_path: str):
@@ -77,18 +77,15 @@ class SimCSEModel(nn.Module):
             return "cls_before_pooler"
         return self.pooler_type
 
-    def forward(self, input_ids, attention_mask, **inputs) -> torch.Tensor:
-        outputs = self.encoder(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            output_hidden_states=needs_hidden_states(self.pooler_type),
-            return_dict=True,
-            **inputs,
-        )
+    def forward(self, input_ids, attention_mask, return_pooled: bool = False, **inputs):
+        """(B, H) embeddings; with `return_pooled`, also the pooled encoder output before the MLP."""
+        outputs = encoder_outputs(self.encoder, self.pooler_type, input_ids, attention_mask, **inputs)
         if self.mlp is None:
-            return pool(self.pooler_type, attention_mask, outputs)
-        cls = pool("cls_before_pooler", attention_mask, outputs)
-        return self.mlp(cls) if (self.training or not self.mlp_only_train) else cls
+            z = pooled = pool(self.pooler_type, attention_mask, outputs)
+        else:
+            pooled = pool("cls_before_pooler", attention_mask, outputs)
+            z = self.mlp(pooled) if (self.training or not self.mlp_only_train) else pooled
+        return (z, pooled) if return_pooled else z
 
     def save_pretrained(self, out_dir: str, tokenizer, max_seq_length: int) -> None:
         """Write a folder that `AutoModel.from_pretrained` and `SentenceTransformer` both load.
