@@ -29,6 +29,12 @@ def masked_mean(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Ten
     return (hidden * mask).sum(1) / mask.sum(1)
 
 
+def encoder_outputs(encoder, pooler_type: str, input_ids, attention_mask, **inputs):
+    """Run `encoder` with the hidden states `pooler_type` needs (all layers only when it reads them)."""
+    return encoder(input_ids=input_ids, attention_mask=attention_mask,
+                   output_hidden_states=needs_hidden_states(pooler_type), return_dict=True, **inputs)
+
+
 def pool(pooler_type: str, attention_mask: torch.Tensor, outputs) -> torch.Tensor:
     """Pool a `BaseModelOutput*` into one (B, H) sentence embedding per row."""
     if pooler_type == "cls":
@@ -60,11 +66,5 @@ class PooledEncoder(nn.Module):
         self.pooler_type = pooler_type
 
     def forward(self, input_ids, attention_mask, **inputs) -> torch.Tensor:
-        outputs = self.encoder(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            output_hidden_states=needs_hidden_states(self.pooler_type),
-            return_dict=True,
-            **inputs,
-        )
+        outputs = encoder_outputs(self.encoder, self.pooler_type, input_ids, attention_mask, **inputs)
         return pool(self.pooler_type, attention_mask, outputs)
