@@ -1,3 +1,4 @@
+import json
 import math
 import random
 
@@ -79,3 +80,32 @@ def test_offline_peak(values, where, index):
     peak = offline_peak([0, 10, 20, 30][: len(values)], values)
     assert peak["where"] == where and peak["index"] == index
     assert isinstance(describe_peak(peak, "effective_rank"), str)
+
+
+def test_peak_checkpoint_exports_the_weights_of_the_peak_evaluation(tmp_path, tiny_bert):
+    import torch
+    from safetensors.torch import load_file
+
+    from utils.model import SimCSEModel, load_pretrained
+    from utils.phase import PeakCheckpoint
+
+    encoder, tokenizer = load_pretrained(str(tiny_bert))
+    model = SimCSEModel(encoder, "cls")
+    keeper = PeakCheckpoint(str(tmp_path), keep=2)
+    weights = {}
+    for step in (0, 10, 20):
+        with torch.no_grad():
+            model.encoder.embeddings.word_embeddings.weight.fill_(step)  # each evaluation's weights differ
+        weights[step] = model.encoder.embeddings.word_embeddings.weight.clone()
+        keeper.remember(step, model)
+    assert sorted(keeper.snapshots) == [10, 20]
+    # the detector learns at step 20 that step 10 was the running peak ...
+    keeper.on_event({"moved_to": 10, "declared": False}, model, tokenizer, 62)
+    assert (tmp_path / "peak.candidate").is_dir() and not (tmp_path / "peak").exists()
+    keeper.on_event({"moved_to": None, "declared": True}, model, tokenizer, 62)
+    saved = load_file(str(tmp_path / "peak" / "model.safetensors"))
+    assert torch.equal(saved["embeddings.word_embeddings.weight"], weights[10])
+    assert json.load(open(tmp_path / "peak" / "peak_step.json")) == {"step": 10}
+    assert model.encoder.embeddings.word_embeddings.weight[0, 0] == 20  # the live model is untouched
+    keeper.on_event({"moved_to": 0, "declared": False}, model, tokenizer, 62)  # no longer kept
+    assert "step 0" in keeper.note
