@@ -24,7 +24,7 @@ class PeakDetector:
             raise ValueError("patience must be >= 1, margin in [0, 1), window odd and >= 1")
         self.patience, self.margin, self.window = patience, margin, window
         self.recent = []  # the last `window` (step, value) pairs
-        self.peak_step, self.peak_value = None, -math.inf
+        self.peak_step, self.peak_value, self.peak_raw = None, -math.inf, -math.inf
         self.below, self.declared_step = 0, None
 
     @property
@@ -50,8 +50,9 @@ class PeakDetector:
         center = len(self.recent) - 1 - half
         smoothed = sorted(v for _, v in self.recent)
         smoothed = (smoothed[(len(smoothed) - 1) // 2] + smoothed[len(smoothed) // 2]) / 2
-        if smoothed > self.peak_value:
-            self.peak_step, self.peak_value, self.below = self.recent[center][0], smoothed, 0
+        center_step, center_value = self.recent[center]
+        if (smoothed, center_value) > (self.peak_value, self.peak_raw):  # equal medians: the higher raw value
+            self.peak_step, self.peak_value, self.peak_raw, self.below = center_step, smoothed, center_value, 0
             event["moved_to"] = self.peak_step
         elif smoothed < (1 - self.margin) * self.peak_value:
             self.below += 1
