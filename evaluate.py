@@ -1,4 +1,5 @@
-"""Score a sentence encoder on SimCSE's STS tasks, with SimCSE's numbers (SentEval data and scoring).
+"""Score a sentence encoder on SimCSE's STS and transfer tasks and SentEval's probing tasks, with SimCSE's
+numbers (SentEval data and protocols, without SentEval).
 
     # the 7 test sets of SimCSE's STS table: STS12-16 ("all"), STS-B test, SICK-R test, and their Avg.
     python evaluate.py --model_name_or_path runs/unsup-bert/best --mode test --task_set sts --data_dir data
@@ -10,8 +11,13 @@
     # the dev sets training watches: STS-B dev and SICK-R trial
     python evaluate.py --model_name_or_path runs/unsup-bert/best --mode dev --task_set sts --data_dir data
 
+    # STS + the 7 transfer tasks + the probing tasks in a folder, SentEval's prototyping classifier setting
+    python evaluate.py --model_name_or_path ../shared/models/all-MiniLM-L6-v2 --pooler avg --mode fasttest \\
+        --task_set full --data_dir ../shared/data --probing_dir ../shared/data/probing
+
 The pooler is --pooler if given, else the checkpoint's `config.sentence_pooler` (train.py's export
-writes it), else SimCSE's default `cls`. What is scored is defined in utils/sts.py.
+writes it), else SimCSE's default `cls`. What is scored is defined in utils/sts.py (STS),
+utils/transfer.py and utils/probing.py (tasks), utils/classifier.py (the classifier protocols).
 Exit status: 0 done; 1 the model could not be loaded; 2 bad data (or a pooler this model lacks).
 """
 
@@ -22,28 +28,42 @@ import time
 
 import torch
 
+from utils.classifier import CONFIGS
 from utils.cli import number
 from utils.data import DataError
 from utils.encode import default_max_length, encode
 from utils.model import load_pretrained
 from utils.pooling import POOLERS, PooledEncoder
+from utils.probing import load_probing_tasks
 from utils.run_log import write_json_atomic
 from utils.sts import format_table, load_sts_tasks, score_sts
+from utils.transfer import CachedEmbed, load_transfer_tasks, run_tasks
+from utils.transfer import format_table as format_scores
 
 # ----------------------------------------------------------------------------- config
 parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
 parser.add_argument("--model_name_or_path", required=True, help="local folder (or hub name) of the encoder")
 parser.add_argument("--pooler", choices=POOLERS, default=None,
                     help="default: the checkpoint's config.sentence_pooler, else cls")
-parser.add_argument("--mode", choices=["test", "dev"], default="test")
-parser.add_argument("--task_set", choices=["sts"], default="sts")
+parser.add_argument("--mode", choices=["test", "dev", "fasttest"], default="test",
+                    help="test: STS test sets, classifiers in SentEval's literature setting; fasttest: the same "
+                         "tasks, its prototyping setting; dev: STS dev sets, prototyping setting, dev accuracies")
+parser.add_argument("--task_set", choices=["sts", "transfer", "probing", "full"], default="sts",
+                    help="full = sts + transfer (+ probing with --probing_dir)")
 parser.add_argument("--data_dir", default="data", help="SentEval's data/ folder (the one holding downstream/)")
+parser.add_argument("--probing_dir", default=None, help="folder of SentEval's probing files (tr/va/te lines)")
+parser.add_argument("--seed", type=int, default=1111, help="folds, held-out rows, classifier init and order")
 parser.add_argument("--batch_size", type=number(int, 1), default=128, help="sentences per encode batch")
 parser.add_argument("--max_seq_length", type=number(int, 2), default=None,
                     help="truncate inputs to this many tokens; default: the longest the encoder accepts")
 parser.add_argument("--output_json", default=None, help="also write the results here (default: print only)")
 parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
 args = parser.parse_args()
+if args.task_set == "probing" and not args.probing_dir:
+    parser.error("--task_set probing needs --probing_dir (the folder holding e.g. sentence_length.txt)")
+run_sts = args.task_set in ("sts", "full")
+run_transfer = args.task_set in ("transfer", "full")
+run_probing = args.task_set == "probing" or (args.task_set == "full" and args.probing_dir is not None)
 
 
 def fail(message: str):
@@ -54,7 +74,9 @@ def fail(message: str):
 # ----------------------------------------------------------------------------- data
 # Read before loading the model: a wrong --data_dir fails in a second, not after the model load.
 try:
-    tasks = load_sts_tasks(args.data_dir, args.mode)
+    tasks = load_sts_tasks(args.data_dir, "dev" if args.mode == "dev" else "test") if run_sts else None
+    transfer_tasks = load_transfer_tasks(args.data_dir) if run_transfer else {}
+    probing_tasks = load_probing_tasks(args.probing_dir) if run_probing else {}
 except DataError as err:
     fail(str(err))
 
@@ -76,27 +98,46 @@ max_length = args.max_seq_length or default_max_length(tokenizer, encoder.config
 print(f"model {args.model_name_or_path} | pooler {pooler} ({why}) | max_seq_length {max_length} | {device}")
 
 # ----------------------------------------------------------------------------- evaluate
+# Each sentence is encoded once per run (a sentence shared by tasks is not encoded again).
+embed = CachedEmbed(lambda sentences: encode(model, tokenizer, sentences, batch_size=args.batch_size,
+                                             max_length=max_length, device=device, progress=sys.stderr.isatty()))
+config = CONFIGS[args.mode]
+record = {"model": args.model_name_or_path, "pooler": pooler, "pooler_source": why, "mode": args.mode,
+          "task_set": args.task_set, "max_seq_length": max_length, "batch_size": args.batch_size,
+          "device": str(device)}
 start = time.time()
-try:
-    result = score_sts(lambda sentences: encode(model, tokenizer, sentences, batch_size=args.batch_size,
-                                                max_length=max_length, device=device,
-                                                progress=sys.stderr.isatty()),
-                       tasks)
-except ValueError as err:  # e.g. --pooler cls on an encoder without a pooler layer
-    fail(str(err))
-seconds = time.time() - start
-
 print(f"------ {args.mode} ------")
-print(format_table(result))
-print(f"{result['n_pairs']} pairs, {result['n_sentences']} unique sentences, {seconds:.1f} s")
+if run_sts:
+    try:
+        result = score_sts(embed, tasks)
+    except ValueError as err:  # e.g. --pooler cls on an encoder without a pooler layer
+        fail(str(err))
+    print(format_table(result))
+    print(f"{result['n_pairs']} pairs, {result['n_sentences']} unique sentences, {time.time() - start:.1f} s")
+    record.update(scores={task: t["spearman"] for task, t in result["tasks"].items()}, **result)
+
+# SimCSE's tables report test accuracy; in dev mode, the dev accuracy that picked the L2 penalty.
+key = "devacc" if args.mode == "dev" else "acc"
+for name, task_set in (("transfer", transfer_tasks), ("probing", probing_tasks)):
+    if not task_set:
+        continue
+    try:
+        results = run_tasks(task_set, embed, config, seed=args.seed, device=device, key=key)
+    except ValueError as err:
+        fail(str(err))
+    print(format_scores(results["scores"]))
+    if "MRPC" in results["tasks"]:
+        print(f"MRPC F1 {results['tasks']['MRPC']['f1']:.2f}")
+    record[name] = {**results, "metric": key, "classifier": config.as_dict(), "seed": args.seed}
+    if name == "probing":
+        print(f"(probing files from {args.probing_dir}: compare encoders on the same files only)")
+        record[name]["probing_dir"] = args.probing_dir
+seconds = time.time() - start
+if transfer_tasks or probing_tasks:
+    print(f"{seconds:.1f} s in all")
 
 if args.output_json:
-    record = {
-        "model": args.model_name_or_path, "pooler": pooler, "pooler_source": why, "mode": args.mode,
-        "task_set": args.task_set, "max_seq_length": max_length, "batch_size": args.batch_size,
-        "device": str(device), "scores": {task: t["spearman"] for task, t in result["tasks"].items()},
-        **result, "seconds": round(seconds, 2),
-    }
+    record["seconds"] = round(seconds, 2)
     os.makedirs(os.path.dirname(os.path.abspath(args.output_json)), exist_ok=True)
     write_json_atomic(args.output_json, record, indent=2)
     print(f"wrote {args.output_json}")

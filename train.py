@@ -19,7 +19,8 @@ in OUTPUT_DIR/best/, loadable by transformers.AutoModel and sentence_transformer
 
 Outputs in OUTPUT_DIR: metrics.jsonl (one JSON object per log/eval event), summary.json (at the end),
 best/ (the best STS-B dev checkpoint), state/step_NNNNNNN/ (full training state, with
---checkpointing_steps; resume with --resume_from_checkpoint latest).
+--checkpointing_steps; resume with --resume_from_checkpoint latest), checkpoints/step-NNNNNN/ (encoder
+exports for analyze_rank.py, with --save_steps).
 """
 
 import argparse
@@ -30,7 +31,7 @@ import time
 
 import torch
 
-from utils.checkpoint import atomic_dir, publish_dir, recover_dir, state_dir_name, state_dirs
+from utils.checkpoint import atomic_dir, export_dir_name, publish_dir, recover_dir, state_dir_name, state_dirs
 from utils.cli import number
 from utils.data import DataError, SentenceBatches, read_sentences
 from utils.encode import EmbeddingCache, default_max_length, encode
@@ -84,6 +85,11 @@ def parse_args(argv=None):
     p.add_argument("--checkpoints_total_limit", type=number(int, 1), default=None,
                    help="keep only the newest N training states (None: keep all)")
     p.add_argument("--resume_from_checkpoint", default=None, help="a state/step_N folder, or `latest`")
+    p.add_argument("--save_steps", type=number(int, 1), default=None,
+                   help="export the encoder (like best/, no optimizer) to checkpoints/step-NNNNNN/ at step 0 "
+                        "and every N steps, for analyze_rank.py")
+    p.add_argument("--save_steps_until", type=number(int, 0), default=None,
+                   help="last step --save_steps exports at (dense early, none later; None: to the end)")
     # representation rank (Jung et al. 2024): probe metrics, phases, Rank Reduction
     p.add_argument("--rank_eval_steps", type=number(int, 1), default=10,
                    help="rank metrics of the probe set every N steps until --rank_eval_until (the peak comes early)")
@@ -243,6 +249,15 @@ def main(argv=None):
                 write_json_atomic(os.path.join(tmp, "best_metrics.json"), {"step": state.step, **metrics}, indent=2)
         accelerator.wait_for_everyone()
 
+    def save_export():
+        """checkpoints/step-NNNNNN/: the encoder exported as best/ is, plus the step and args (analyze_rank.py)."""
+        if main_process:
+            with atomic_dir(os.path.join(args.output_dir, "checkpoints", export_dir_name(state.step))) as tmp:
+                accelerator.unwrap_model(model).save_pretrained(tmp, tokenizer, eval_max_length)
+                write_json_atomic(os.path.join(tmp, "checkpoint.json"), {"step": state.step, "args": vars(args)},
+                                  indent=2)
+        accelerator.wait_for_everyone()
+
     def save_state():
         path = os.path.join(state_root, state_dir_name(state.step))
         tmp = path + ".tmp"
@@ -294,8 +309,11 @@ def main(argv=None):
 
     progress = tqdm(total=total_steps, initial=state.step, disable=not accelerator.is_local_main_process,
                     desc="train", unit="step")
+    save_until = math.inf if args.save_steps_until is None else args.save_steps_until
     if state.step == 0:
         on_eval(full=True)  # the starting point: SimCSE curves begin here
+        if args.save_steps:
+            save_export()
     model.train()
     window = torch.zeros(3, device=accelerator.device)  # running sums of loss, InfoNCE, RR's VNE
     window_start, window_steps = time.perf_counter(), 0
@@ -346,6 +364,9 @@ def main(argv=None):
             metrics = on_eval(full)
             if full:
                 progress.set_postfix(stsb_dev=f"{metrics['stsb_dev']:.2f}", best=f"{state.best_score:.2f}")
+            window_start = time.perf_counter()
+        if args.save_steps and state.step % args.save_steps == 0 and state.step <= save_until:
+            save_export()
             window_start = time.perf_counter()
         if args.checkpointing_steps and state.step % args.checkpointing_steps == 0:
             save_state()

@@ -262,3 +262,31 @@ def test_rank_reduction_variants_run(tmp_path, tiny_bert, corpus, fake_senteval,
                    for r in trains)
     else:
         assert all(r["rr_vne"] > 0 for r in trains)
+
+
+def test_report_to_tensorboard_writes_events(tmp_path, tiny_bert, corpus, fake_senteval):
+    pytest.importorskip("tensorboard", reason="tensorboard is a dev extra (requirements-dev.txt)")
+    out = tmp_path / "out"
+    proc = run(train_cmd(tiny_bert, corpus, fake_senteval, out, "--max_train_steps", "2", "--eval_steps", "2",
+                         "--report_to", "tensorboard"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert list((out / "simcse").glob("events.out.tfevents.*"))
+
+
+def test_save_steps_exports_light_checkpoints_until_the_limit(tmp_path, tiny_bert, corpus, fake_senteval):
+    from safetensors.torch import load_file
+
+    out = tmp_path / "out"
+    proc = run(train_cmd(tiny_bert, corpus, fake_senteval, out, "--pooler_type", "avg", "--max_train_steps", "4",
+                         "--eval_steps", "4", "--rank_eval_until", "0", "--save_steps", "2", "--save_steps_until", "3"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sorted(os.listdir(out / "checkpoints")) == ["step-000000", "step-000002"]  # step 4 > --save_steps_until
+    step2 = out / "checkpoints" / "step-000002"
+    info = json.load(open(step2 / "checkpoint.json"))
+    assert info["step"] == 2 and info["args"]["save_steps"] == 2 and info["args"]["seed"] == 7
+    assert json.load(open(step2 / "config.json"))["sentence_pooler"] == "avg"
+    assert not [p for p in os.listdir(step2) if p.startswith(("optimizer", "scheduler", "random_states"))]
+    start, saved0, saved2 = (load_file(p / "model.safetensors")
+                             for p in (tiny_bert, out / "checkpoints" / "step-000000", step2))
+    assert all(torch.equal(start[k], saved0[k]) for k in saved0)  # step 0 is the starting model
+    assert any(not torch.equal(saved0[k], saved2[k]) for k in saved0)

@@ -58,19 +58,34 @@ def atomic_dir(path: str):
 
 
 STEP_DIR = re.compile(r"^step_(\d+)$")
+EXPORT_DIR = re.compile(r"^step-(\d+)$")
+
+
+def _step_dirs(root: str, pattern: re.Pattern) -> list[tuple[int, str]]:
+    if not os.path.isdir(root):
+        return []
+    found = []
+    for name in os.listdir(root):
+        match = pattern.match(name)
+        if match and os.path.isdir(os.path.join(root, name)):
+            found.append((int(match.group(1)), os.path.join(root, name)))
+    return sorted(found)
 
 
 def state_dirs(state_root: str) -> list[tuple[int, str]]:
     """Complete training-state folders `state_root/step_NNNNNNN`, sorted by step."""
-    if not os.path.isdir(state_root):
-        return []
-    found = []
-    for name in os.listdir(state_root):
-        match = STEP_DIR.match(name)
-        if match and os.path.isdir(os.path.join(state_root, name)):
-            found.append((int(match.group(1)), os.path.join(state_root, name)))
-    return sorted(found)
+    return _step_dirs(state_root, STEP_DIR)
 
 
 def state_dir_name(step: int) -> str:
     return f"step_{step:07d}"
+
+
+def export_dirs(root: str) -> list[tuple[int, str]]:
+    """Complete encoder exports `root/step-NNNNNN` (train.py --save_steps), sorted by step; half-written
+    `.tmp` / `.old` folders do not match."""
+    return _step_dirs(root, EXPORT_DIR)
+
+
+def export_dir_name(step: int) -> str:
+    return f"step-{step:06d}"

@@ -1,0 +1,226 @@
+"""Sweep the checkpoints of train.py runs and turn them into the two-phase picture of Jung et al. (2024):
+rank metrics, alignment/uniformity and STS-B dev at every checkpoint, Phase 1 (start -> rank peak) and
+Phase 2 (peak -> best STS-B dev checkpoint) per run, and seeds x configurations compared.
+
+    # the runs of run.sh's study (train.py --save_steps keeps the checkpoints swept here)
+    python analyze_rank.py --runs runs/study/runs/*-seed* --data_dir data --out runs/study/analysis
+
+    # also the full STS test sets, and SentEval's probing tasks at step 0, the rank peak and the best
+    python analyze_rank.py --runs runs/a runs/b --data_dir ../shared/data --sts_test \
+        --probing_dir ../shared/data/probing --probing_at boundaries --out results/rank
+
+Checkpoints of a run: checkpoints/step-NNNNNN/ (train.py --save_steps), best/, peak/, and step 0 from
+the starting model where no export has it. Each checkpoint is embedded once (utils.encode, the run's
+evaluation pooler) and every metric reads that one cache, in train.py's order, so a checkpoint scores
+what the training log says it scored. Outputs in --out: checkpoints.csv, summary.json, report.md (also
+printed) and PNG plots (matplotlib is optional: without it the tables are written and plots skipped).
+"""
+
+import argparse
+import os
+import sys
+import time
+
+import torch
+
+from utils.analysis import band, group_runs, group_stats, load_run, phase_analysis, phase_labels
+from utils.cli import number
+from utils.data import DataError
+from utils.encode import EmbeddingCache, default_max_length, encode
+from utils.model import load_pretrained
+from utils.pooling import PooledEncoder
+from utils.rank import RANK_METRICS, probe_metrics, stsb_probe
+from utils.report import markdown, metric_columns, write_csv, write_summary
+from utils.sts import load_sts_tasks, score_sts
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--runs", nargs="+", required=True, help="train.py output folders")
+    p.add_argument("--data_dir", required=True, help="SentEval data/ folder (STS-B dev, SICK-R trial, STS test)")
+    p.add_argument("--out", default="results/rank_analysis", help="checkpoints.csv, summary.json, report.md, *.png")
+    p.add_argument("--phase_metric", default="effective_rank", choices=RANK_METRICS,
+                   help="the rank metric whose peak splits Phase 1 from Phase 2")
+    p.add_argument("--sts_test", action="store_true", help="also the 7 STS test sets at every checkpoint")
+    p.add_argument("--probing_dir", default=None,
+                   help="SentEval probing files (split<TAB>label<TAB>sentence); any of the ten tasks found")
+    p.add_argument("--probing_at", default="all", choices=["all", "boundaries"],
+                   help="probing at every checkpoint, or only at each run's step 0, rank peak and best checkpoint "
+                        "(what the phase changes need; 3 checkpoints a run)")
+    p.add_argument("--probe_split", default="dev", choices=["train", "dev", "test"],
+                   help="STS-B split whose sentences are the probe set (train.py's --probe_split)")
+    p.add_argument("--energy_tau", type=number(float, 0, inclusive=False), default=0.9, help="energy_rank's tau")
+    p.add_argument("--batch_size", type=number(int, 1), default=128, help="sentences per encode batch")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    args = p.parse_args(argv)
+    if args.energy_tau > 1:
+        p.error(f"argument --energy_tau: must be <= 1, got {args.energy_tau}")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+
+    def fail(message):
+        print(f"error: {message}", file=sys.stderr)
+        raise SystemExit(2)
+
+    # ---- runs and data: all read and checked before any model is loaded
+    runs = []
+    for run_dir in args.runs:
+        try:
+            runs.append(load_run(run_dir))
+        except FileNotFoundError as err:
+            fail(str(err))
+    names = [r["name"] for r in runs]
+    for run in runs:  # two runs with the same folder name (from two studies) are told apart by path
+        if names.count(run["name"]) > 1:
+            run["name"] = os.path.normpath(run["dir"])
+    if len({r["name"] for r in runs}) < len(runs):
+        fail("the same run folder is given twice")
+    try:
+        probe_sentences, probe_pairs = stsb_probe(args.data_dir, args.probe_split)
+        dev_tasks = load_sts_tasks(args.data_dir, "dev")
+        test_tasks = load_sts_tasks(args.data_dir, "test") if args.sts_test else None
+        probing_tasks = None
+        if args.probing_dir:
+            from utils.probing import load_probing_tasks
+
+            probing_tasks = load_probing_tasks(args.probing_dir)
+    except DataError as err:
+        fail(str(err))
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()  # one progress bar: ours, over checkpoints
+
+    def measure(checkpoint, sts: bool, probing: bool) -> dict:
+        """Load one checkpoint, embed each sentence once, and compute what is asked for."""
+        encoder, tokenizer = load_pretrained(checkpoint["path"])
+        pooler = checkpoint["pooler"] or getattr(encoder.config, "sentence_pooler", None) or "cls"
+        model = PooledEncoder(encoder, pooler).to(device)
+        max_length = default_max_length(tokenizer, encoder.config)
+        embed = EmbeddingCache(lambda s: encode(model, tokenizer, s, batch_size=args.batch_size,
+                                                max_length=max_length, device=device))
+        row = {}
+        if sts:  # train.py's order: probe set, then STS-B dev / SICK-R trial (same batches, same numbers)
+            row.update(probe_metrics(embed(probe_sentences), probe_pairs, tau=args.energy_tau))
+            dev = score_sts(embed, dev_tasks)["tasks"]
+            row.update(stsb_dev=dev["STSBenchmark"]["spearman"], sickr_dev=dev["SICKRelatedness"]["spearman"])
+            if test_tasks:
+                test = score_sts(embed, test_tasks)
+                row["sts_test_avg"] = test["avg"]
+                row.update({f"sts_test_{task}": t["spearman"] for task, t in test["tasks"].items()})
+        if probing:
+            from utils.classifier import CONFIGS
+            from utils.transfer import run_tasks
+
+            result = run_tasks(probing_tasks, embed, CONFIGS["fasttest"], device=device, log=lambda *a: None)
+            row.update({f"probing_{task}": acc for task, acc in result["scores"].items()})
+            row["probing_avg"] = result["avg"]
+        return row
+
+    # ---- the sweep: every checkpoint of every run, one progress bar
+    from tqdm.auto import tqdm
+
+    total = sum(len(r["checkpoints"]) for r in runs)
+    print(f"{len(runs)} run(s), {total} checkpoints | rank = {args.phase_metric} | probe set: STS-B "
+          f"{args.probe_split}, {len(probe_sentences)} sentences | {device}")
+    start = time.time()
+    rows_by_run = {}
+    with tqdm(total=total, desc="checkpoints", unit="ckpt") as progress:
+        for run in runs:
+            rows = []
+            for checkpoint in list(run["checkpoints"]):
+                progress.set_postfix_str(f"{run['name']} step {checkpoint['step']}")
+                every = probing_tasks is not None and args.probing_at == "all"
+                try:
+                    measured = measure(checkpoint, sts=True, probing=every)
+                except SystemExit as err:  # load_pretrained's one-line reason (e.g. a hub name offline)
+                    run["notes"].append(f"step {checkpoint['step']} ({checkpoint['source']}) skipped: {err}")
+                    run["checkpoints"].remove(checkpoint)
+                    continue
+                finally:
+                    progress.update(1)
+                rows.append({"run": run["name"], "seed": run["seed"], "step": checkpoint["step"],
+                             "source": checkpoint["source"], "checkpoint": checkpoint["path"], **measured})
+            rows_by_run[run["name"]] = rows
+
+    # ---- phases per run (probing at the phase boundaries needs the peak first: a second, short pass)
+    def analyse(run):
+        rows = rows_by_run[run["name"]]
+        return phase_analysis(rows, args.phase_metric, metric_columns(rows), run["best_step"], run["log"])
+
+    phases = {run["name"]: analyse(run) for run in runs}
+    if probing_tasks is not None and args.probing_at == "boundaries":
+        todo = []
+        for run in runs:
+            rows, ph = rows_by_run[run["name"]], phases[run["name"]]
+            wanted = {rows[0]["step"] if rows else None, ph["peak"]["step"], ph["best"]["step"]} - {None}
+            todo += [(run, row) for row in rows if row["step"] in wanted]
+        for run, row in tqdm(todo, desc="probing", unit="ckpt"):
+            checkpoint = next(c for c in run["checkpoints"] if c["step"] == row["step"])
+            row.update(measure(checkpoint, sts=False, probing=True))
+        phases = {run["name"]: analyse(run) for run in runs}
+    seconds = time.time() - start
+
+    # ---- per-run results, groups
+    groups = group_runs(runs)
+    group_of = {r["name"]: g["label"] for g in groups for r in g["runs"]}
+    results_by_run = {}
+    for run in runs:
+        ph = phases[run["name"]]
+        rows = rows_by_run[run["name"]]
+        best_row = next((r for r in rows if r["step"] == ph["best"]["step"]), {})
+        sts_test = best_row.get("sts_test_avg", run["sts_test"]) if args.sts_test else run["sts_test"]
+        for row, phase in zip(rows, phase_labels([r["step"] for r in rows], ph["peak"]["step"], ph["best"]["step"])):
+            row.update(group=group_of[run["name"]], phase=phase, is_peak=int(row["step"] == ph["peak"]["step"]),
+                       is_best=int(row["step"] == ph["best"]["step"]))
+        results_by_run[run["name"]] = {
+            "name": run["name"], "dir": run["dir"], "status": run["status"], "group": group_of[run["name"]],
+            "seed": run["seed"], "checkpoints": len(rows), "phases": ph, "sts_test": sts_test,
+            "log_peak": run["log_peak"], "notes": run["notes"],
+        }
+    group_results = [group_stats(g, results_by_run, args.phase_metric) for g in groups]
+    notes = []
+    if probing_tasks is None:
+        notes.append("no probing columns: no --probing_dir given")
+    elif args.probing_at == "boundaries":
+        notes.append("probing accuracies (SentEval's fasttest classifier setting) at each run's step 0, rank "
+                     "peak and best checkpoint only (--probing_at all: every checkpoint)")
+    for run in runs:
+        if run["status"] != "finished":
+            notes.append(f"{run['name']}: {run['status']} (its checkpoints so far are analysed)")
+    results = {
+        "settings": {**vars(args), "probe_sentences": len(probe_sentences), "device": str(device),
+                     "sts_test_source": "the full STS test sets at the best checkpoint (--sts_test)" if args.sts_test
+                     else "run.sh's sts_test.json of each run's best/ (evaluate.py), where present"},
+        "columns": None,
+        "runs": list(results_by_run.values()),
+        "groups": group_results,
+        "bands": {g["label"]: {m: band([rows_by_run[run["name"]] for run in g["runs"]], m)
+                               for m in (args.phase_metric, "stsb_dev")} for g in groups},
+        "seconds": round(seconds, 1),
+        "notes": notes,
+    }
+
+    # ---- outputs
+    os.makedirs(args.out, exist_ok=True)
+    all_rows = [r for run in runs for r in rows_by_run[run["name"]]]
+    results["columns"] = write_csv(os.path.join(args.out, "checkpoints.csv"), all_rows)
+    from utils.plots import write_plots
+
+    plots, plots_note = write_plots(args.out, runs, rows_by_run, results, args.phase_metric)
+    results["plots"], results["plots_note"] = plots, plots_note
+    write_summary(os.path.join(args.out, "summary.json"), results)
+    report = markdown(results, rows_by_run, plots, plots_note)
+    with open(os.path.join(args.out, "report.md"), "w") as f:
+        f.write(report)
+    print(report)
+    print(f"{total} checkpoints in {seconds:.0f} s; wrote {args.out}/checkpoints.csv, summary.json, report.md"
+          + (f" and {len(plots)} plots" if plots else ""))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,160 @@
+"""analyze_rank.py end to end: two tiny train.py runs (seeds 1 and 2) with --save_steps, swept for real."""
+
+import csv
+import json
+import subprocess
+import sys
+
+import pytest
+from scipy.stats import kendalltau, spearmanr
+
+from tests.conftest import REPO, WORDS, write_fake_senteval
+from tests.test_train import train_cmd
+from utils.phase import offline_peak
+from utils.sts import STS_YEARS
+
+TRAIN_ARGS = ("--pooler_type", "avg", "--max_train_steps", "8", "--eval_steps", "4", "--rank_eval_steps", "2",
+              "--rank_eval_until", "8", "--save_steps", "2")
+
+
+def add_fake_sts_years(root, pairs=6):
+    """STS12-16 files (every subset SentEval reads) with toy sentences, so --sts_test can run."""
+    import random
+
+    rng = random.Random(3)
+    sent = lambda: " ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 8)))  # noqa: E731
+    for year, subsets in STS_YEARS.items():
+        folder = root / "downstream" / "STS" / f"{year}-en-test"
+        folder.mkdir(parents=True, exist_ok=True)
+        for name in subsets:
+            (folder / f"STS.input.{name}.txt").write_text("".join(f"{sent()}\t{sent()}\n" for _ in range(pairs)))
+            (folder / f"STS.gs.{name}.txt").write_text("".join(f"{rng.uniform(0, 5):.2f}\n" for _ in range(pairs)))
+
+
+def write_fake_probing(folder):
+    """SentEval's Tense task format (split<TAB>label<TAB>sentence), labelled by a word in the sentence."""
+    import random
+
+    rng = random.Random(4)
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for split, n in (("tr", 40), ("va", 12), ("te", 12)):
+        for i in range(n):
+            verb = "was" if i % 2 else "is"
+            lines.append(f"{split}\t{'PAST' if verb == 'was' else 'PRES'}\tthe {rng.choice(WORDS)} {verb} "
+                         f"{' '.join(rng.choice(WORDS) for _ in range(4))}")
+    (folder / "past_present.txt").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory, tiny_bert, corpus):
+    root = tmp_path_factory.mktemp("study")
+    data = write_fake_senteval(root / "data")
+    add_fake_sts_years(data)
+    runs = [root / "runs" / f"baseline-seed{seed}" for seed in (1, 2)]
+    procs = [subprocess.Popen(train_cmd(tiny_bert, corpus, data, out, *TRAIN_ARGS, "--seed", str(seed)), cwd=REPO,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+             for seed, out in zip((1, 2), runs)]  # both at once: half the wall time on two cores
+    for proc in procs:
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err[-3000:]
+    out = root / "analysis"
+    proc = subprocess.run([sys.executable, str(REPO / "analyze_rank.py"), "--runs", *map(str, runs),
+                           "--data_dir", str(data), "--out", str(out), "--sts_test",
+                           "--probing_dir", str(write_fake_probing(root / "probing")), "--probing_at", "boundaries"],
+                          capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    strict = lambda c: pytest.fail(f"summary.json holds {c}")  # noqa: E731
+    summary = json.load(open(out / "summary.json"), parse_constant=strict)
+    rows = list(csv.DictReader(open(out / "checkpoints.csv")))
+    return {"runs": runs, "out": out, "stdout": proc.stdout, "summary": summary, "rows": rows}
+
+
+def rows_of(study, run):
+    return [r for r in study["rows"] if r["run"] == run]
+
+
+def test_every_checkpoint_is_one_row_with_every_metric(study):
+    assert [r["run"] for r in study["rows"]] == ["baseline-seed1"] * 5 + ["baseline-seed2"] * 5
+    for name in ("baseline-seed1", "baseline-seed2"):
+        assert [int(r["step"]) for r in rows_of(study, name)] == [0, 2, 4, 6, 8]
+    header = list(study["rows"][0])
+    assert header[:8] == ["run", "group", "seed", "step", "phase", "is_peak", "is_best", "source"]
+    for col in ("effective_rank", "vne", "eig_effective_rank", "energy_rank", "alignment", "uniformity", "stsb_dev",
+                "sickr_dev", "sts_test_avg", "sts_test_STS12", "sts_test_SICKRelatedness", "probing_Tense",
+                "probing_avg"):
+        assert col in header, col
+    assert all(r[c] != "" for r in study["rows"] for c in header if not c.startswith("probing_"))
+    assert study["summary"]["columns"] == header
+
+
+def test_checkpoint_metrics_equal_the_training_log(study):
+    for run in study["runs"]:
+        log = {r["step"]: r for r in map(json.loads, open(run / "metrics.jsonl")) if r["event"] in ("eval", "rank")}
+        assert sorted(log) == [0, 2, 4, 6, 8]
+        for row in rows_of(study, run.name):
+            logged = log[int(row["step"])]
+            for key in ("effective_rank", "vne", "energy_rank", "alignment", "uniformity", "stsb_dev", "sickr_dev"):
+                if key in logged:
+                    assert float(row[key]) == pytest.approx(logged[key], abs=1e-6), (row["step"], key)
+
+
+def test_peak_phases_and_correlations_recompute_from_the_csv(study):
+    for run in study["summary"]["runs"]:
+        rows = rows_of(study, run["name"])
+        steps, rank = [int(r["step"]) for r in rows], [float(r["effective_rank"]) for r in rows]
+        peak = offline_peak(steps, rank)
+        ph = run["phases"]
+        assert ph["peak"]["step"] == peak["step"] and ph["peak"]["where"] == peak["where"]
+        assert [int(r["step"]) for r in rows if r["is_peak"] == "1"] == [peak["step"]]
+        best = json.load(open(f"{run['dir']}/best/best_metrics.json"))["step"]
+        assert ph["best"]["step"] == best and [int(r["step"]) for r in rows if r["is_best"] == "1"] == [best]
+        for key, labels in (("phase1", {"1", "peak"}), ("phase2", {"peak", "2"})):
+            inside = [r for r in rows if r["phase"] in labels]
+            if "absent" in ph[key]:
+                continue
+            assert ph[key]["n"] == len(inside)
+            x, y = [float(r["effective_rank"]) for r in inside], [float(r["stsb_dev"]) for r in inside]
+            c = ph[key]["correlation"]
+            if len(inside) >= 4 and c["note"] is None:
+                assert c["spearman"] == pytest.approx(spearmanr(x, y).statistic)
+                assert c["kendall"] == pytest.approx(kendalltau(x, y).statistic)
+            assert ph[key]["delta"]["stsb_dev"] == pytest.approx(y[-1] - y[0])
+
+
+def test_probing_at_the_phase_boundaries_and_sts_test_at_the_best(study):
+    for run in study["summary"]["runs"]:
+        rows = rows_of(study, run["name"])
+        ph = run["phases"]
+        probed = {int(r["step"]) for r in rows if r["probing_Tense"] != ""}
+        assert probed == {0, ph["peak"]["step"], ph["best"]["step"]}
+        assert all(0 <= float(r["probing_Tense"]) <= 100 for r in rows if r["probing_Tense"])
+        best_row = next(r for r in rows if r["is_best"] == "1")
+        assert run["sts_test"] == pytest.approx(float(best_row["sts_test_avg"]))
+
+
+def test_one_group_over_both_seeds_and_the_report(study):
+    summary = study["summary"]
+    [group] = summary["groups"]
+    assert group["label"] == "baseline" and group["seeds"] == [1, 2] and group["unfinished"] == []
+    bests = [float(r["stsb_dev"]) for r in study["rows"] if r["is_best"] == "1"]
+    assert group["best_stsb_dev"]["mean"] == pytest.approx(sum(bests) / 2)
+    assert group["best_stsb_dev"]["std"] == pytest.approx(abs(bests[0] - bests[1]) / 2 ** 0.5)
+    report = (study["out"] / "report.md").read_text()
+    assert report in study["stdout"]
+    assert "## Groups (mean ± std over seeds)" in report and "### baseline-seed2" in report
+    if summary["plots"]:
+        assert all((study["out"] / p).stat().st_size > 5_000 for p in summary["plots"])
+        assert "![rank_vs_step](rank_vs_step.png)" in report
+    else:
+        assert "plots skipped" in report
+
+
+def test_not_a_run_folder_is_refused_before_any_model_is_loaded(tmp_path, fake_senteval, capsys):
+    import analyze_rank
+
+    with pytest.raises(SystemExit) as exit_info:
+        analyze_rank.main(["--runs", str(tmp_path), "--data_dir", str(fake_senteval), "--out", str(tmp_path / "out")])
+    assert exit_info.value.code == 2 and "not a train.py output folder" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
