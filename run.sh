@@ -36,7 +36,8 @@ SAVE_STEPS_UNTIL=${SAVE_STEPS_UNTIL-1000}  # ... until this step (empty: to the 
 CHECKPOINT_STEPS=${CHECKPOINT_STEPS:-1000}
 MIXED_PRECISION=${MIXED_PRECISION:-no}
 LAUNCH=${LAUNCH:-python}
-PROBING_DIR=${PROBING_DIR:-}           # SentEval probing files: probing accuracies in the analysis
+PROBING_DIR=${PROBING_DIR:-}           # SentEval probing files: probing accuracies in the analysis ...
+PROBING_AT=${PROBING_AT:-all}          # ... at every checkpoint, or `boundaries` (step 0, rank peak, best)
 OUT=${OUT:-runs/study-$(basename "$MODEL")}
 
 # SimCSE's data, fetched only where the default paths are empty (user-given paths must exist).
@@ -91,7 +92,7 @@ for dir in "${run_dirs[@]}"; do
   if [ -f "$dir/metrics.jsonl" ]; then analysed+=("$dir"); fi
 done
 python analyze_rank.py --runs "${analysed[@]}" --data_dir "$DATA_DIR" --out "$OUT/analysis" \
-  ${PROBING_DIR:+--probing_dir "$PROBING_DIR"}
+  ${PROBING_DIR:+--probing_dir "$PROBING_DIR" --probing_at "$PROBING_AT"}
 echo "run.sh: report in $OUT/analysis/report.md"
 if [ ${#failed[@]} -gt 0 ]; then
   echo "run.sh: these runs failed (rerun run.sh to resume them): ${failed[*]}" >&2
