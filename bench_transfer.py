@@ -10,6 +10,9 @@ folds, held-out rows and L2 grid (utils/classifier.py). `batched` is `train_batc
 task in one batched model, what evaluate.py runs); `sklearn` is `fit_sklearn`, one scikit-learn
 `LogisticRegression` per fold and L2 value (its defaults: lbfgs, max_iter 100), the only difference being
 the fitter. scikit-learn is needed only here and in the tests (requirements-dev.txt).
+
+The batched trainer runs on one CPU thread whatever the setting (utils/classifier.py says why); compare
+with `OMP_NUM_THREADS=1` for scikit-learn too, or see its BLAS threads at work (the README has both).
 """
 
 import argparse
@@ -24,7 +27,10 @@ import torch
 
 from utils.classifier import CONFIGS, fit_sklearn, train_batched
 from utils.data import DataError
-from utils.transfer import TRANSFER_TASKS, load_transfer_tasks, run_protocol
+from utils.encode import encode
+from utils.model import load_pretrained
+from utils.pooling import PooledEncoder
+from utils.transfer import TRANSFER_TASKS, CachedEmbed, features, load_transfer_tasks, run_protocol
 
 METHODS = {"batched": train_batched, "sklearn": fit_sklearn}
 
@@ -36,7 +42,7 @@ parser.add_argument("--cache_dir", required=True, help="features are read from /
 parser.add_argument("--mode", choices=list(CONFIGS), default="test")
 parser.add_argument("--tasks", nargs="+", choices=TRANSFER_TASKS, default=list(TRANSFER_TASKS))
 parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
-parser.add_argument("--seed", type=int, default=1111)
+parser.add_argument("--seed", type=int, default=1111, help="folds, held-out rows, initial weights, minibatch order")
 parser.add_argument("--device", default=None, help="for the batched classifier (default: cuda when available)")
 parser.add_argument("--output_json", default=None)
 args = parser.parse_args()
@@ -50,35 +56,36 @@ except DataError as err:
 os.makedirs(args.cache_dir, exist_ok=True)
 meta_path = os.path.join(args.cache_dir, "meta.json")
 meta = {"model": os.path.abspath(args.model_name_or_path), "pooler": args.pooler}
-if os.path.exists(meta_path) and json.load(open(meta_path)) != meta:
-    sys.exit(f"error: {args.cache_dir} holds features of {json.load(open(meta_path))}; use another --cache_dir")
+if os.path.exists(meta_path):
+    with open(meta_path) as f:
+        cached = json.load(f)
+    if cached != meta:
+        sys.exit(f"error: {args.cache_dir} holds the features of {cached}; use another --cache_dir")
 with open(meta_path, "w") as f:
     json.dump(meta, f)
-embed = None
-features = {}
+
+
+def make_embed():
+    """The encoder, loaded only when some task's features are not cached yet."""
+    encoder, tokenizer = load_pretrained(args.model_name_or_path)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model = PooledEncoder(encoder, args.pooler).to(device)
+    return CachedEmbed(lambda sentences: encode(model, tokenizer, sentences, batch_size=128))
+
+
+embed, data = None, {}
 for name, task in tasks.items():
     path = os.path.join(args.cache_dir, f"{name}.npz")
     if not os.path.exists(path):
-        if embed is None:
-            from utils.encode import encode
-            from utils.model import load_pretrained
-            from utils.pooling import PooledEncoder
-            from utils.transfer import CachedEmbed
-
-            encoder, tokenizer = load_pretrained(args.model_name_or_path)
-            model = PooledEncoder(encoder, args.pooler).to(args.device or ("cuda" if torch.cuda.is_available()
-                                                                           else "cpu"))
-            embed = CachedEmbed(lambda s: encode(model, tokenizer, s, batch_size=128))
-        from utils.transfer import features as task_features
-
+        embed = embed or make_embed()
         start = time.time()
-        data = task_features(task, embed)
-        np.savez(path + ".tmp.npz", **{f"{split}_X": X for split, (X, _) in data.items()},
-                 **{f"{split}_y": y for split, (_, y) in data.items()})
+        split_features = features(task, embed)
+        np.savez(path + ".tmp.npz", **{f"{split}_X": X for split, (X, _) in split_features.items()},
+                 **{f"{split}_y": y for split, (_, y) in split_features.items()})
         os.replace(path + ".tmp.npz", path)
         print(f"{name}: {len(task.sentences)} sentences embedded in {time.time() - start:.1f} s -> {path}")
     with np.load(path) as z:
-        features[name] = {split: (z[f"{split}_X"], z[f"{split}_y"]) for split in task.splits}
+        data[name] = {split: (z[f"{split}_X"], z[f"{split}_y"]) for split in task.splits}
 
 # ----------------------------------------------------------------------------- time the classifiers
 config = CONFIGS[args.mode]
@@ -89,7 +96,7 @@ results = {method: {} for method in args.methods}
 for name, task in tasks.items():
     for method in args.methods:
         start, cpu = time.perf_counter(), time.process_time()
-        r = run_protocol(task, features[name], config, seed=args.seed, device=args.device, fit=METHODS[method])
+        r = run_protocol(task, data[name], config, seed=args.seed, device=args.device, fit=METHODS[method])
         r["seconds"], r["cpu_seconds"] = time.perf_counter() - start, time.process_time() - cpu
         results[method][name] = r
         print(f"{method:8s} {name:5s} acc {r['acc']:6.2f}  dev {r['devacc']:6.2f}  {r['n_models']:4d} models "

@@ -52,7 +52,8 @@ parser.add_argument("--task_set", choices=["sts", "transfer", "probing", "full"]
                     help="full = sts + transfer (+ probing with --probing_dir)")
 parser.add_argument("--data_dir", default="data", help="SentEval's data/ folder (the one holding downstream/)")
 parser.add_argument("--probing_dir", default=None, help="folder of SentEval's probing files (tr/va/te lines)")
-parser.add_argument("--seed", type=int, default=1111, help="folds, held-out rows, classifier init and order")
+parser.add_argument("--seed", type=number(int, 0), default=1111,
+                    help="classifiers: folds, held-out rows, initial weights, minibatch order (SentEval: 1111)")
 parser.add_argument("--batch_size", type=number(int, 1), default=128, help="sentences per encode batch")
 parser.add_argument("--max_seq_length", type=number(int, 2), default=None,
                     help="truncate inputs to this many tokens; default: the longest the encoder accepts")

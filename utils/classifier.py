@@ -20,12 +20,14 @@ Protocols (SentEval's tools/validation.py):
   L2; its test accuracy is reported.
 
 Speed: `train_batched` trains all of a task's models (folds x L2 values, and the final model for every
-L2, so that nothing waits for the choice) as ONE batched model: weights (F + 1, M, C). Every step draws one
-shared minibatch of rows, and each model uses the rows of it that are its training rows (a per-model
-mask), so a step is two matrix products over all models. Differences from SentEval's one model at a
-time, all statistical: a model's minibatches vary in size around `batch_size` (shared batch = batch_size
-x rows drawn / mean training rows per model) instead of being exactly `batch_size`, and the passes'
-shuffles come from one `torch.Generator` seeded with `seed`. Stopped models leave the batch.
+L2, so that nothing waits for the choice) as ONE batched model: weights (F + 1, C, M), the bias a row fed
+by a column of ones. Every step draws one shared minibatch of rows, and each model uses the rows of it
+that are its training rows (a per-model mask), so a step is two matrix products over all models, on the
+C - 1 logit differences softmax depends on (half the work for binary tasks). Stopped models leave the
+batch. Differences from SentEval's one model at a time, all statistical: a model's minibatches vary in
+size around `batch_size` (shared batch = batch_size x rows drawn / mean training rows per model) instead
+of being exactly `batch_size`, and the passes' shuffles come from one `torch.Generator` seeded with
+`seed`. On CPU it runs on one thread (see `_one_thread_on_cpu`).
 
 `fit_sklearn` is the same protocol with scikit-learn's `LogisticRegression` fitted model by model (the
 reference for tests and `bench_transfer.py`; scikit-learn is a test/benchmark dependency only).
@@ -147,19 +149,18 @@ def _logit_gaps(x, w):
 
 def _loss_gradient(xb, weights, onehot, w, l2):
     """Gradient of every model's mean cross-entropy on its rows of the batch, plus torch's weight decay
-    (l2 * w): (F+1, C, M). `weights` (B, 1, M) is 1 / (the model's rows in the batch) on its rows, else 0
-    (a number when all models share the rows); `onehot` (B, C - 1, 1) the labels of classes 1..C-1."""
+    (l2 * w): (F+1, C, M). `weights` (B, M) is 1 / (the model's rows in the batch) on its rows, else 0
+    (a number when all models share the rows); `onehot` (B, C - 1) the labels of classes 1..C-1.
+    dloss/dlogit_c = (p_c - onehot_c) * weight for c >= 1; class 0 gets minus their sum."""
+    if w.shape[1] == 2:  # binary: one logit gap per model, sigmoid (fewer operations per step)
+        r = torch.sigmoid(xb @ (w[:, 1] - w[:, 0])).sub_(onehot).mul_(weights)
+        g = (xb.T @ r).unsqueeze(1)
+        return torch.cat([-g, g], 1).addcmul_(w, l2)
     z = _logit_gaps(xb, w)
-    if w.shape[1] == 2:
-        p = z.sigmoid_()  # softmax([0, z]) of class 1
-    else:
-        p = torch.cat([torch.zeros_like(z[:, :1]), z], 1).softmax(1)[:, 1:]
-    r = p.sub_(onehot).mul_(weights)  # dloss / dlogit_c, c >= 1
+    p = torch.cat([torch.zeros_like(z[:, :1]), z], 1).softmax(1)[:, 1:]
+    r = p.sub_(onehot.unsqueeze(-1)).mul_(weights if isinstance(weights, float) else weights.unsqueeze(1))
     g = (xb.T @ r.reshape(len(xb), -1)).view(w.shape[0], w.shape[1] - 1, -1)
-    grad = w * l2
-    grad[:, 1:] += g
-    grad[:, :1] -= g if w.shape[1] == 2 else g.sum(1, keepdim=True)  # class 0: minus the others' sum
-    return grad
+    return torch.cat([-g.sum(1, keepdim=True), g], 1).addcmul_(w, l2)
 
 
 def _argmax_rows(x, w, chunk_elems: int = 1 << 26):
@@ -181,8 +182,8 @@ def _device(device) -> torch.device:
 @contextlib.contextmanager
 def _one_thread_on_cpu(device: torch.device):
     """The trainer's steps are many small operations: on CPU, torch's intra-op threads cost more in
-    synchronisation than they save, and on a busy machine they stall (measured on a shared 2-core machine:
-    MR in --mode test took 16x the CPU time with 2 threads). So it runs on one thread."""
+    synchronisation than they save (this project's 2-core machine, idle: MR in --mode test 8 s on one
+    thread, 53 s on two). So it runs on one thread, and restores the caller's setting afterwards."""
     if device.type != "cpu":
         yield
         return
@@ -203,14 +204,14 @@ def train_batched(X, y, n_classes: int, jobs: list, config: ClassifierConfig, se
         return _train_batched(X, y, n_classes, jobs, config, seed, device)
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def _train_batched(X, y, n_classes, jobs, config, seed, device) -> list:
     n, F = X.shape
     C, M = n_classes, len(jobs)
     gen = torch.Generator().manual_seed(seed)
     x = torch.cat([torch.as_tensor(X, dtype=torch.float32), torch.ones(n, 1)], 1).to(device)  # bias column
     y = torch.as_tensor(np.asarray(y), dtype=torch.long).to(device)
-    onehot = torch.nn.functional.one_hot(y, C)[:, 1:].float().unsqueeze(-1)  # (n, C - 1, 1)
+    onehot = torch.nn.functional.one_hot(y, C)[:, 1:].float()  # (n, C - 1)
 
     train = torch.zeros(n, M)              # train[i, m] = 1: row i is a training row of model m
     val = torch.zeros(n, M, dtype=torch.bool)
@@ -250,7 +251,7 @@ def _train_batched(X, y, n_classes, jobs, config, seed, device) -> list:
                     weights = 1.0 / len(rows)
                 else:  # mean loss over each model's own rows of the batch
                     mb = train.index_select(0, rows)
-                    weights = (mb / mb.sum(0).clamp_(min=1)).unsqueeze(1)
+                    weights = mb / mb.sum(0).clamp_(min=1)
                 xb, yb = x.index_select(0, rows), onehot.index_select(0, rows)
                 opt.step(w, _loss_gradient(xb, weights, yb, w, l2))
         correct = ((_argmax_rows(x_val, w) == y_val[:, None]) & val).sum(0)
