@@ -27,10 +27,10 @@ import torch
 
 from utils.classifier import CONFIGS, fit_sklearn, train_batched
 from utils.data import DataError
-from utils.encode import encode
+from utils.encode import EmbeddingCache, encode
 from utils.model import load_pretrained
 from utils.pooling import PooledEncoder
-from utils.transfer import TRANSFER_TASKS, CachedEmbed, features, load_transfer_tasks, run_protocol
+from utils.transfer import TRANSFER_TASKS, features, load_transfer_tasks, run_protocol
 
 METHODS = {"batched": train_batched, "sklearn": fit_sklearn}
 
@@ -70,7 +70,7 @@ def make_embed():
     encoder, tokenizer = load_pretrained(args.model_name_or_path)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = PooledEncoder(encoder, args.pooler).to(device)
-    return CachedEmbed(lambda sentences: encode(model, tokenizer, sentences, batch_size=128))
+    return EmbeddingCache(lambda sentences: encode(model, tokenizer, sentences, batch_size=128))
 
 
 embed, data = None, {}

@@ -31,13 +31,13 @@ import torch
 from utils.classifier import CONFIGS
 from utils.cli import number
 from utils.data import DataError
-from utils.encode import default_max_length, encode
+from utils.encode import EmbeddingCache, default_max_length, encode
 from utils.model import load_pretrained
 from utils.pooling import POOLERS, PooledEncoder
 from utils.probing import load_probing_tasks
 from utils.run_log import write_json_atomic
 from utils.sts import format_table, load_sts_tasks, score_sts
-from utils.transfer import CachedEmbed, load_transfer_tasks, run_tasks
+from utils.transfer import load_transfer_tasks, run_tasks
 from utils.transfer import format_table as format_scores
 
 # ----------------------------------------------------------------------------- config
@@ -100,7 +100,7 @@ print(f"model {args.model_name_or_path} | pooler {pooler} ({why}) | max_seq_leng
 
 # ----------------------------------------------------------------------------- evaluate
 # Each sentence is encoded once per run (a sentence shared by tasks is not encoded again).
-embed = CachedEmbed(lambda sentences: encode(model, tokenizer, sentences, batch_size=args.batch_size,
+embed = EmbeddingCache(lambda sentences: encode(model, tokenizer, sentences, batch_size=args.batch_size,
                                              max_length=max_length, device=device, progress=sys.stderr.isatty()))
 config = CONFIGS[args.mode]
 record = {"model": args.model_name_or_path, "pooler": pooler, "pooler_source": why, "mode": args.mode,

@@ -13,7 +13,8 @@ import torch
 from tests.conftest import REPO
 from utils.classifier import CONFIGS, fit_sklearn
 from utils.data import DataError
-from utils.transfer import (CachedEmbed, Split, Task, f1_score, features, format_table, load_transfer_tasks,
+from utils.encode import EmbeddingCache
+from utils.transfer import (Split, Task, f1_score, features, format_table, load_transfer_tasks,
                             read_binary, read_mrpc, read_sst2, read_trec, run_protocol, run_task)
 
 
@@ -127,7 +128,7 @@ def test_mrpc_features_are_abs_difference_and_product():
 
 def test_cached_embed_encodes_each_sentence_once():
     inner = CountingEmbed()
-    embed = CachedEmbed(inner)
+    embed = EmbeddingCache(inner)
     first = embed(["x y", "z", "x y"])
     second = embed(["z", "w", "x y"])
     assert inner.encoded == ["x y", "z", "w"] and inner.calls == 2
@@ -150,13 +151,13 @@ def test_format_table_has_avg():
 # ----------------------------------------------------------------------------- scikit-learn agreement, real embeddings
 @pytest.fixture(scope="module")
 def minilm_embed(minilm):
-    from utils.encode import encode
+    from utils.encode import EmbeddingCache, encode
     from utils.model import load_pretrained
     from utils.pooling import PooledEncoder
 
     encoder, tokenizer = load_pretrained(str(minilm))
     model = PooledEncoder(encoder, "avg")
-    return CachedEmbed(lambda s: encode(model, tokenizer, s, batch_size=128, max_length=128))
+    return EmbeddingCache(lambda s: encode(model, tokenizer, s, batch_size=128, max_length=128))
 
 
 def random_slice(split: Split, n: int, seed: int = 0) -> Split:

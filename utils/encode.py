@@ -88,14 +88,22 @@ def encode(model, tokenizer, sentences, *, batch_size: int = 128, max_length: in
 
 class EmbeddingCache:
     """Memoises an `embed(list[str]) -> (N, H)` function: each sentence is encoded once however many
-    metrics ask for it (one checkpoint's STS scores and rank metrics share one pass)."""
+    metrics or tasks ask for it (one checkpoint's STS scores, rank metrics and transfer tasks share one
+    pass). Each call encodes only unseen sentences (one `embed` call) and returns float32 CPU rows in
+    input order."""
 
     def __init__(self, embed):
         self.embed = embed
         self.rows = {}
+        self.emb = None
 
     def __call__(self, sentences) -> torch.Tensor:
-        missing = [s for s in dict.fromkeys(sentences) if s not in self.rows]
-        if missing:
-            self.rows.update(zip(missing, self.embed(missing)))
-        return torch.stack([self.rows[s] for s in sentences])
+        new = [s for s in dict.fromkeys(sentences) if s not in self.rows]
+        if new:
+            emb = torch.as_tensor(self.embed(new), dtype=torch.float32).cpu()
+            if emb.shape[0] != len(new):
+                raise ValueError(f"embed() returned {emb.shape[0]} rows for {len(new)} sentences")
+            start = 0 if self.emb is None else self.emb.shape[0]
+            self.emb = emb if self.emb is None else torch.cat([self.emb, emb])
+            self.rows.update((s, start + i) for i, s in enumerate(new))
+        return self.emb[torch.tensor([self.rows[s] for s in sentences], dtype=torch.long)]

@@ -201,30 +201,6 @@ def load_transfer_tasks(data_dir, names=TRANSFER_TASKS) -> dict:
 
 
 # ----------------------------------------------------------------------------- embeddings and features
-class CachedEmbed:
-    """Wrap `embed(list[str]) -> (N, H)` so a sentence is encoded once per run, however many tasks use it.
-
-    Each call encodes only the sentences not seen before (one `embed` call) and returns float32 CPU rows in
-    input order.
-    """
-
-    def __init__(self, embed):
-        self.embed = embed
-        self.rows = {}
-        self.emb = None
-
-    def __call__(self, sentences) -> torch.Tensor:
-        new = [s for s in dict.fromkeys(sentences) if s not in self.rows]
-        if new:
-            emb = torch.as_tensor(self.embed(new), dtype=torch.float32).cpu()
-            if emb.shape[0] != len(new):
-                raise ValueError(f"embed() returned {emb.shape[0]} rows for {len(new)} sentences")
-            start = 0 if self.emb is None else self.emb.shape[0]
-            self.emb = emb if self.emb is None else torch.cat([self.emb, emb])
-            self.rows.update((s, start + i) for i, s in enumerate(new))
-        return self.emb[torch.tensor([self.rows[s] for s in sentences], dtype=torch.long)]
-
-
 def features(task: Task, embed) -> dict:
     """{split: (X float32 (n, F), y int64 (n,))}; ONE `embed` call for all the task's sentences.
 
