@@ -2,12 +2,10 @@
 against their formulas written out, the STS-B probe, and the Rank Reduction penalty (gradients, DDP)."""
 
 import math
-import socket
 
 import numpy as np
 import pytest
 import torch
-import torch.multiprocessing as mp
 from scipy.special import entr
 
 from utils.rank import (
@@ -313,36 +311,31 @@ def _penalty_setup():
     return layer, x
 
 
-def _worker(rank, world, port, out):
+def _worker(rank, world, out):
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
 
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
-    try:
-        layer, x = _penalty_setup()
-        ddp = DistributedDataParallel(layer)
-        per = BATCH // world
-        p = vne_penalty(ddp(x[rank * per:(rank + 1) * per]), gather=True)
-        p.backward()
-        values = [torch.zeros(1) for _ in range(world)]
-        dist.all_gather(values, p.detach().reshape(1))
-        if rank == 0:
-            torch.save(([v.item() for v in values], {n: q.grad for n, q in layer.named_parameters()}), out)
-    finally:
-        dist.destroy_process_group()
+    layer, x = _penalty_setup()
+    ddp = DistributedDataParallel(layer)
+    per = BATCH // world
+    p = vne_penalty(ddp(x[rank * per:(rank + 1) * per]), gather=True)
+    p.backward()
+    values = [torch.zeros(1) for _ in range(world)]
+    dist.all_gather(values, p.detach().reshape(1))
+    if rank == 0:
+        torch.save(([v.item() for v in values], {n: q.grad for n, q in layer.named_parameters()}), out)
 
 
 def test_two_processes_penalty_equals_one_process_on_the_global_batch(tmp_path):
+    from tests.conftest import run_gloo
+
     layer, x = _penalty_setup()
     p = vne_penalty(layer(x), gather=True)  # no process group: gather is the identity
     p.backward()
     grads = {n: q.grad for n, q in layer.named_parameters()}
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     out = tmp_path / "rank0.pt"
-    mp.start_processes(_worker, args=(2, port, str(out)), nprocs=2, start_method="spawn")
+    run_gloo(_worker, str(out))
     values, dist_grads = torch.load(out)
     assert values == pytest.approx([p.item()] * 2, abs=1e-6)  # identical on every process
     for name, grad in grads.items():

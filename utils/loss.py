@@ -15,10 +15,16 @@ from utils.distributed import gather_with_grad, world
 
 
 def similarity(z1: torch.Tensor, z2: torch.Tensor, temp: float) -> torch.Tensor:
-    """(B, H), (M, H) -> (B, M) cosine similarities / temp, in float32 whatever the autocast dtype."""
-    z1 = F.normalize(z1.float(), dim=-1)
-    z2 = F.normalize(z2.float(), dim=-1)
-    return z1 @ z2.T / temp
+    """(B, H), (M, H) -> (B, M) cosine similarities / temp, in float32 at least whatever the autocast dtype.
+
+    Half precision would round cosines near 1 (the positives) to a few distinct values, and τ = 0.05
+    multiplies that error by 20.
+    """
+    dtype = torch.promote_types(z1.dtype, torch.float32)
+    with torch.autocast(device_type=z1.device.type, enabled=False):  # else the matmul drops back to half
+        z1 = F.normalize(z1.to(dtype), dim=-1)
+        z2 = F.normalize(z2.to(dtype), dim=-1)
+        return z1 @ z2.T / temp
 
 
 def contrastive_loss(z1: torch.Tensor, z2: torch.Tensor, temp: float) -> torch.Tensor:
