@@ -42,6 +42,7 @@ from utils.pooling import POOLERS
 from utils.rank import RANK_METRICS, probe_metrics, stsb_probe, vne_penalty
 from utils.run_log import MetricsLog, versions, write_json_atomic
 from utils.sts import evaluate_sts, load_sts_tasks
+from utils.unpad import unsupported_reason
 
 
 def parse_args(argv=None):
@@ -56,7 +57,8 @@ def parse_args(argv=None):
     # data
     p.add_argument("--train_file", required=True, help="text file, one sentence per line")
     p.add_argument("--max_seq_length", type=number(int, 2), default=32, help="tokens, longer is cut")
-    p.add_argument("--pad_to_max_length", action="store_true", help="pad every batch to --max_seq_length")
+    p.add_argument("--pad_to_max_length", action="store_true",
+                   help="pad every batch to --max_seq_length: one shape for --torch_compile (CUDA graphs)")
     p.add_argument("--eval_data_dir", required=True, help="SentEval data/ folder (downstream/STS, downstream/SICK)")
     # optimisation
     p.add_argument("--per_device_train_batch_size", type=number(int, 2), default=64,
@@ -75,6 +77,13 @@ def parse_args(argv=None):
     p.add_argument("--mixed_precision", default="no", choices=["no", "fp16", "bf16"],
                    help="autocast through accelerate; weights and optimizer stay float32")
     p.add_argument("--cpu", action="store_true", help="train on the CPU even where a GPU exists")
+    p.add_argument("--unpad_inputs", action="store_true",
+                   help="run the encoder's token-wise layers on real tokens only (utils/unpad.py; BERT-style "
+                        "encoders): same results up to rounding and dropout draws, ~1/3 less work at max_len 32")
+    p.add_argument("--torch_compile", nargs="?", const="default", default=None,
+                   choices=["default", "reduce-overhead", "max-autotune"],
+                   help="torch.compile the training forward (mode; reduce-overhead = CUDA graphs, wants "
+                        "--pad_to_max_length); off by default")
     # evaluation, logging, checkpoints
     p.add_argument("--eval_steps", type=number(int, 1), default=125, help="STS-B/SICK-R dev every N steps")
     p.add_argument("--eval_batch_size", type=number(int, 1), default=128, help="sentences per encode batch")
@@ -123,6 +132,69 @@ def parse_args(argv=None):
     if args.mlp_only_train and args.pooler_type != "cls":
         args.mlp_only_train = False  # only `cls` has an MLP: the flag means nothing for other poolers
     return args
+
+
+def make_optimizer(model, lr: float, weight_decay: float, device) -> torch.optim.AdamW:
+    """AdamW without weight decay on biases and LayerNorm weights; torch's fused kernel on CUDA (one
+    launch for all parameters: the same update, a launch-bound step's biggest saving after compile)."""
+    no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight")
+    groups = [
+        {"params": [p for n, p in model.named_parameters() if not n.endswith(no_decay)], "weight_decay": weight_decay},
+        {"params": [p for n, p in model.named_parameters() if n.endswith(no_decay)], "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=lr, fused=torch.device(device).type == "cuda" or None)
+
+
+def train_step(model, optimizer, scheduler, accelerator, batch, temp: float, rr_weight: float = 0.0,
+               rr_on: str = "mlp"):
+    """One optimizer step of unsupervised SimCSE (+ Rank Reduction when rr_weight > 0) on a tokenized batch.
+
+    Returns (terms, finite): terms = the detached (loss, InfoNCE, VNE), averaged over processes, left on
+    the device; finite = whether the loss was finite (when not, no update is made). The one value the
+    host waits for is that flag, and only once the backward pass is queued, so a GPU never runs dry.
+    """
+    batch = {k: v.to(accelerator.device, non_blocking=True) for k, v in batch.items()}
+    # One forward pass, two dropout views: rows [0, B) and [B, 2B) are the same sentences.
+    rr_on_encoder = rr_weight > 0 and rr_on == "encoder"
+    out = model(**{k: torch.cat([v, v]) for k, v in batch.items()}, return_pooled=rr_on_encoder)
+    z, rr_input = out if rr_on_encoder else (out, out)
+    z1, z2 = z.chunk(2)
+    infonce = contrastive_loss(z1, z2, temp)
+    loss, vne = infonce, infonce.new_zeros(())
+    if rr_weight > 0:
+        # Rank Reduction: lower the von Neumann entropy (log effective rank) of each view's global batch
+        vne = sum(vne_penalty(view, gather=True) for view in rr_input.chunk(2)) / 2
+        loss = infonce + rr_weight * vne
+    terms = accelerator.reduce(torch.stack([loss, infonce, vne]).detach(), reduction="mean")
+    finite = torch.isfinite(terms[0])
+    copied = None
+    if finite.device.type == "cuda":
+        finite = finite.to("cpu", non_blocking=True)
+        copied = torch.cuda.Event()
+        copied.record()
+    accelerator.backward(loss)
+    if copied is not None:
+        copied.synchronize()
+    if not finite:
+        return terms, False
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return terms, True
+
+
+def in_training_eval(model, tokenizer, data_dir, probe_sentences, probe_pairs, full: bool, *, batch_size: int,
+                     max_length: int, device, energy_tau: float = 0.9) -> dict:
+    """Rank metrics of the probe set and, when `full`, STS-B dev / SICK-R trial Spearman x 100, with the
+    model's evaluation pooler and one encode per sentence."""
+    embed = EmbeddingCache(lambda s: encode(model, tokenizer, s, batch_size=batch_size, max_length=max_length,
+                                            device=device))
+    metrics = probe_metrics(embed(probe_sentences), probe_pairs, tau=energy_tau)
+    if full:
+        tasks = evaluate_sts(embed, data_dir, mode="dev")["tasks"]
+        metrics = {"stsb_dev": tasks["STSBenchmark"]["spearman"], "sickr_dev": tasks["SICKRelatedness"]["spearman"],
+                   **metrics}
+    return metrics
 
 
 class TrainState:
@@ -178,6 +250,8 @@ def main(argv=None):
         fail(str(err))
     set_seed(args.seed)
     encoder, tokenizer = load_pretrained(args.model_name_or_path)
+    if args.unpad_inputs and unsupported_reason(encoder):
+        fail(f"--unpad_inputs cannot run {args.model_name_or_path}: {unsupported_reason(encoder)}")
     eval_max_length = default_max_length(tokenizer, encoder.config)
     if args.max_seq_length > eval_max_length:
         fail(f"--max_seq_length {args.max_seq_length} exceeds the model's limit of {eval_max_length} tokens")
@@ -190,18 +264,15 @@ def main(argv=None):
     total_steps = args.max_train_steps or args.num_train_epochs * batches.steps_per_epoch
 
     # ---- model, optimizer, schedule
-    model = SimCSEModel(encoder, args.pooler_type, args.mlp_only_train)
-    no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight")
-    groups = [
-        {"params": [p for n, p in model.named_parameters() if not n.endswith(no_decay)],
-         "weight_decay": args.weight_decay},
-        {"params": [p for n, p in model.named_parameters() if n.endswith(no_decay)], "weight_decay": 0.0},
-    ]
-    optimizer = torch.optim.AdamW(groups, lr=args.learning_rate)
+    # evaluated and exported as is; on the device before the optimizer sees it (the fused kernel checks)
+    raw_model = SimCSEModel(encoder, args.pooler_type, args.mlp_only_train, args.unpad_inputs).to(accelerator.device)
+    optimizer = make_optimizer(raw_model, args.learning_rate, args.weight_decay, accelerator.device)
     # Not prepared: accelerate would step it once per process, but our step count is global already.
     scheduler = get_scheduler(args.lr_scheduler_type, optimizer, num_warmup_steps=args.warmup_steps,
                               num_training_steps=total_steps)
-    model, optimizer = accelerator.prepare(model, optimizer)
+    model, optimizer = accelerator.prepare(raw_model, optimizer)
+    if args.torch_compile:  # after DDP wrapping, as accelerate itself does; evaluation runs raw_model
+        model = torch.compile(model, mode=None if args.torch_compile == "default" else args.torch_compile)
     state = TrainState()
     detector = PeakDetector(args.phase_patience, args.phase_margin)
     accelerator.register_for_checkpointing(scheduler, state, detector)
@@ -226,26 +297,19 @@ def main(argv=None):
                                                     for k, v in vars(args).items()})
 
     def evaluate(full: bool) -> dict:
-        """Rank metrics of the probe set and, when `full`, STS-B dev / SICK-R trial Spearman x 100, all with
-        the evaluation pooler and one encode per sentence; computed on the main process, sent to all."""
+        """in_training_eval on the main process, its metrics sent to all."""
         results = [None]
         if main_process:
-            unwrapped = accelerator.unwrap_model(model)
-            embed = EmbeddingCache(lambda s: encode(unwrapped, tokenizer, s, batch_size=args.eval_batch_size,
-                                                    max_length=eval_max_length, device=accelerator.device))
-            metrics = probe_metrics(embed(probe_sentences), probe_pairs, tau=args.energy_tau)
-            if full:
-                tasks = evaluate_sts(embed, args.eval_data_dir, mode="dev")["tasks"]
-                metrics = {"stsb_dev": tasks["STSBenchmark"]["spearman"],
-                           "sickr_dev": tasks["SICKRelatedness"]["spearman"], **metrics}
-            results = [metrics]
+            results = [in_training_eval(raw_model, tokenizer, args.eval_data_dir, probe_sentences, probe_pairs, full,
+                                        batch_size=args.eval_batch_size, max_length=eval_max_length,
+                                        device=accelerator.device, energy_tau=args.energy_tau)]
         broadcast_object_list(results)
         return results[0]
 
     def save_best(metrics):
         if main_process:
             with atomic_dir(best_dir) as tmp:
-                accelerator.unwrap_model(model).save_pretrained(tmp, tokenizer, eval_max_length)
+                raw_model.save_pretrained(tmp, tokenizer, eval_max_length)
                 write_json_atomic(os.path.join(tmp, "best_metrics.json"), {"step": state.step, **metrics}, indent=2)
         accelerator.wait_for_everyone()
 
@@ -253,7 +317,7 @@ def main(argv=None):
         """checkpoints/step-NNNNNN/: the encoder exported as best/ is, plus the step and args (analyze_rank.py)."""
         if main_process:
             with atomic_dir(os.path.join(args.output_dir, "checkpoints", export_dir_name(state.step))) as tmp:
-                accelerator.unwrap_model(model).save_pretrained(tmp, tokenizer, eval_max_length)
+                raw_model.save_pretrained(tmp, tokenizer, eval_max_length)
                 write_json_atomic(os.path.join(tmp, "checkpoint.json"), {"step": state.step, "args": vars(args)},
                                   indent=2)
         accelerator.wait_for_everyone()
@@ -288,9 +352,8 @@ def main(argv=None):
         metrics = evaluate(full)
         event = detector.update(state.step, metrics[args.phase_metric])
         if peak_checkpoint is not None and main_process:
-            unwrapped = accelerator.unwrap_model(model)
-            peak_checkpoint.remember(state.step, unwrapped)
-            peak_checkpoint.on_event(event, unwrapped, tokenizer, eval_max_length)
+            peak_checkpoint.remember(state.step, raw_model)
+            peak_checkpoint.on_event(event, raw_model, tokenizer, eval_max_length)
         if event["declared"]:
             accelerator.print(f"\nrank peak declared at step {state.step}: {args.phase_metric} peaked at step "
                               f"{detector.peak_step} ({detector.peak_value:.4g}); Phase 2 from here on")
@@ -304,7 +367,7 @@ def main(argv=None):
         f"{len(sentences):,} sentences | {accelerator.num_processes} process(es) x "
         f"{args.per_device_train_batch_size} = {batches.global_batch_size} per batch "
         f"({batches.global_batch_size - 1} in-batch negatives) | {batches.steps_per_epoch:,} steps/epoch | "
-        f"{total_steps:,} steps | eval pooler {accelerator.unwrap_model(model).eval_pooler}")
+        f"{total_steps:,} steps | eval pooler {raw_model.eval_pooler}")
     from tqdm.auto import tqdm
 
     progress = tqdm(total=total_steps, initial=state.step, disable=not accelerator.is_local_main_process,
@@ -317,29 +380,15 @@ def main(argv=None):
     model.train()
     window = torch.zeros(3, device=accelerator.device)  # running sums of loss, InfoNCE, RR's VNE
     window_start, window_steps = time.perf_counter(), 0
-    rr_on_encoder = args.rank_reduction > 0 and args.rr_on == "encoder"
     status = "finished"
     while state.step < total_steps:
         step_start = time.perf_counter()
-        batch = {k: v.to(accelerator.device, non_blocking=True) for k, v in batches(state.step).items()}
-        # One forward pass, two dropout views: rows [0, B) and [B, 2B) are the same sentences.
-        out = model(**{k: torch.cat([v, v]) for k, v in batch.items()}, return_pooled=rr_on_encoder)
-        z, rr_input = out if rr_on_encoder else (out, out)
-        z1, z2 = z.chunk(2)
-        infonce = contrastive_loss(z1, z2, args.temp)
-        loss, vne = infonce, torch.zeros((), device=infonce.device)
-        if args.rank_reduction > 0 and (args.rr_start == "0" or detector.declared):
-            # Rank Reduction: lower the von Neumann entropy (log effective rank) of each view's global batch
-            vne = sum(vne_penalty(view, gather=True) for view in rr_input.chunk(2)) / 2
-            loss = infonce + args.rank_reduction * vne
-        terms = accelerator.reduce(torch.stack([loss, infonce, vne]).detach(), reduction="mean")
-        if not torch.isfinite(terms[0]):
+        rr_weight = args.rank_reduction if args.rr_start == "0" or detector.declared else 0.0
+        terms, finite = train_step(model, optimizer, scheduler, accelerator, batches(state.step), args.temp,
+                                   rr_weight, args.rr_on)
+        if not finite:
             status = f"stopped: the loss became {terms[0].item()} at step {state.step + 1}"
             break
-        accelerator.backward(loss)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
         state.step += 1
         window += terms
         window_steps += 1
@@ -399,7 +448,7 @@ def main(argv=None):
             "peak_checkpoint_note": peak_checkpoint.note if peak_checkpoint else None,
         },
         "rank_reduction": {"weight": args.rank_reduction, "on": args.rr_on, "start": args.rr_start},
-        "eval_pooler": accelerator.unwrap_model(model).eval_pooler,
+        "eval_pooler": raw_model.eval_pooler,
         "global_batch_size": batches.global_batch_size,
         "num_processes": accelerator.num_processes,
         "args": vars(args),

@@ -56,8 +56,10 @@ class SimCSEModel(nn.Module):
     evaluation embedding on the exported checkpoint.
     """
 
-    def __init__(self, encoder: nn.Module, pooler_type: str = "cls", mlp_only_train: bool = True):
+    def __init__(self, encoder: nn.Module, pooler_type: str = "cls", mlp_only_train: bool = True,
+                 unpad: bool = False):
         super().__init__()
+        self.unpad = unpad  # utils.unpad's padding-free forward (train.py --unpad_inputs)
         if pooler_type not in POOLERS:
             raise ValueError(f"unknown pooler {pooler_type!r}; choose one of {', '.join(POOLERS)}")
         self.pooler_type = pooler_type
@@ -79,7 +81,7 @@ class SimCSEModel(nn.Module):
 
     def forward(self, input_ids, attention_mask, return_pooled: bool = False, **inputs):
         """(B, H) embeddings; with `return_pooled`, also the pooled encoder output before the MLP."""
-        outputs = encoder_outputs(self.encoder, self.pooler_type, input_ids, attention_mask, **inputs)
+        outputs = encoder_outputs(self.encoder, self.pooler_type, input_ids, attention_mask, self.unpad, **inputs)
         if self.mlp is None:
             z = pooled = pool(self.pooler_type, attention_mask, outputs)
         else:

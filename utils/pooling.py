@@ -29,8 +29,14 @@ def masked_mean(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Ten
     return (hidden * mask).sum(1) / mask.sum(1)
 
 
-def encoder_outputs(encoder, pooler_type: str, input_ids, attention_mask, **inputs):
-    """Run `encoder` with the hidden states `pooler_type` needs (all layers only when it reads them)."""
+def encoder_outputs(encoder, pooler_type: str, input_ids, attention_mask, unpad: bool = False, **inputs):
+    """Run `encoder` with the hidden states `pooler_type` needs (all layers only when it reads them);
+    with `unpad`, through `utils.unpad.unpadded_forward` (token-wise layers on real tokens only)."""
+    if unpad:
+        from utils.unpad import unpadded_forward
+
+        return unpadded_forward(encoder, input_ids, attention_mask,
+                                output_hidden_states=needs_hidden_states(pooler_type), **inputs)
     return encoder(input_ids=input_ids, attention_mask=attention_mask,
                    output_hidden_states=needs_hidden_states(pooler_type), return_dict=True, **inputs)
 
@@ -58,13 +64,14 @@ def pool(pooler_type: str, attention_mask: torch.Tensor, outputs) -> torch.Tenso
 class PooledEncoder(nn.Module):
     """A plain `AutoModel` plus a pooler: maps a tokenized batch to (B, H) sentence embeddings."""
 
-    def __init__(self, encoder: nn.Module, pooler_type: str):
+    def __init__(self, encoder: nn.Module, pooler_type: str, unpad: bool = False):
         super().__init__()
         if pooler_type not in POOLERS:
             raise ValueError(f"unknown pooler {pooler_type!r}; choose one of {', '.join(POOLERS)}")
         self.encoder = encoder
         self.pooler_type = pooler_type
+        self.unpad = unpad
 
     def forward(self, input_ids, attention_mask, **inputs) -> torch.Tensor:
-        outputs = encoder_outputs(self.encoder, self.pooler_type, input_ids, attention_mask, **inputs)
+        outputs = encoder_outputs(self.encoder, self.pooler_type, input_ids, attention_mask, self.unpad, **inputs)
         return pool(self.pooler_type, attention_mask, outputs)

@@ -1,0 +1,57 @@
+"""utils.bench runs end to end on tiny models and writes the JSON the issue asks for (speed itself is
+not asserted: benchmarks print tables, tests check that they measure)."""
+
+import json
+import math
+
+import pytest
+
+from utils import bench
+
+
+def _positive(x):
+    return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
+
+
+def test_bench_on_a_checkpoint_writes_every_measurement(tmp_path, tiny_bert, shared_data):
+    out = tmp_path / "bench.json"
+    r = bench.main(["--model", str(tiny_bert), "--data_dir", str(shared_data), "--steps", "2", "--warmup_steps", "1",
+                    "--batch_size", "4", "--encode_limit", "30", "--eval_steps", "10", "--cpu", "--json", str(out)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(r))
+    for key in ("train_speedup_vs_sentence_transformers", "encode_speedup_vs_sentence_transformers"):
+        assert _positive(r[key])
+    assert isinstance(r["rr_overhead_fraction"], float) and r["rr_overhead_fraction"] > -1
+    assert set(r["train"]) == {"default", "unpad", "sentence-transformers", f"{r['fastest_variant']} + rank-reduction"}
+    for t in r["train"].values():
+        assert t["steps"] == 2 and all(_positive(t[k]) for k in ("ms_per_step", "sentences_per_s", "real_tokens_per_s", "mfu"))
+    # every method trained on the same batches: the same real tokens
+    assert r["train"]["default"]["real_tokens"] == r["train"]["unpad"]["real_tokens"]
+    assert r["encode"]["sentences"] == 30
+    assert _positive(r["sts_test_suite_seconds"])
+    ev = r["in_training_eval"]
+    assert _positive(ev["full_seconds"]) and 0 < ev["fraction_of_training_time"] < 1
+    table = bench.format_table(r)
+    assert "sentence-transformers" in table and "--unpad_inputs" in table
+
+
+def test_bench_random_init_config(tmp_path, tiny_bert, shared_data):
+    # the tiny model's tokenizer stands in for bert-base-uncased (no hub here)
+    r = bench.main(["--config", "minilm-l6", "--tokenizer", str(tiny_bert), "--data_dir", str(shared_data),
+                    "--steps", "1", "--warmup_steps", "0", "--batch_size", "4", "--cpu", "--variants", "default",
+                    "--skip", "sentence-transformers", "rr", "encode", "suite", "eval"])
+    assert r["model"] == "minilm-l6 (random init)"
+    assert list(r["train"]) == ["default"] and _positive(r["train"]["default"]["ms_per_step"])
+    assert "train_speedup_vs_sentence_transformers" not in r
+
+
+@pytest.mark.parametrize("flag, value", [("--steps", "0"), ("--batch_size", "1")])
+def test_bench_rejects_bad_numbers(flag, value, capsys):
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--data_dir", "x", flag, value])
+    assert flag in capsys.readouterr().err
+
+
+def test_bench_names_a_missing_data_dir(tmp_path):
+    with pytest.raises(SystemExit) as err:
+        bench.main(["--data_dir", str(tmp_path / "nope"), "--cpu"])
+    assert "nope" in str(err.value)
