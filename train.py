@@ -135,14 +135,15 @@ def parse_args(argv=None):
 
 
 def make_optimizer(model, lr: float, weight_decay: float, device) -> torch.optim.AdamW:
-    """AdamW without weight decay on biases and LayerNorm weights; torch's fused kernel on CUDA (one
-    launch for all parameters: the same update, a launch-bound step's biggest saving after compile)."""
+    """AdamW without weight decay on biases and LayerNorm weights; torch's fused kernel on CUDA and CPU
+    (the same update in one pass over the parameters: one launch on a GPU; on this project's 2-core CPU
+    13 ms instead of 65 ms per step for MiniLM's 22.7M parameters), the default elsewhere."""
     no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight")
     groups = [
         {"params": [p for n, p in model.named_parameters() if not n.endswith(no_decay)], "weight_decay": weight_decay},
         {"params": [p for n, p in model.named_parameters() if n.endswith(no_decay)], "weight_decay": 0.0},
     ]
-    return torch.optim.AdamW(groups, lr=lr, fused=torch.device(device).type == "cuda" or None)
+    return torch.optim.AdamW(groups, lr=lr, fused=torch.device(device).type in ("cuda", "cpu") or None)
 
 
 def train_step(model, optimizer, scheduler, accelerator, batch, temp: float, rr_weight: float = 0.0,

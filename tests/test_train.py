@@ -290,3 +290,45 @@ def test_save_steps_exports_light_checkpoints_until_the_limit(tmp_path, tiny_ber
                              for p in (tiny_bert, out / "checkpoints" / "step-000000", step2))
     assert all(torch.equal(start[k], saved0[k]) for k in saved0)  # step 0 is the starting model
     assert any(not torch.equal(saved0[k], saved2[k]) for k in saved0)
+
+
+# ---- speed flags: the same numbers, faster
+
+def _numbers(out):
+    """Training losses, and the evaluations' continuous metrics (Spearman, a rank statistic, can swap
+    near-tied toy pairs on rounding alone)."""
+    recs = records(out)
+    evals = [r for r in recs if r["event"] == "eval"]
+    return [r["loss"] for r in recs if r["event"] == "train"], \
+        [r[k] for r in evals for k in ("effective_rank", "alignment", "uniformity")]
+
+
+@pytest.fixture(scope="module")
+def no_dropout_bert(tmp_path_factory):
+    # dropout off: every flag set must then give the same losses (the dropout draws differ between them)
+    return make_tiny_model(tmp_path_factory.mktemp("nodrop"), "bert", hidden_dropout_prob=0.0,
+                           attention_probs_dropout_prob=0.0)
+
+
+SPEED_ARGS = ("--max_train_steps", "4", "--eval_steps", "4", "--logging_steps", "1", "--rank-reduction", "0.5")
+
+
+@pytest.mark.parametrize("flags", [("--unpad_inputs",), ("--pad_to_max_length",), ("--torch_compile",)])
+def test_speed_flags_leave_the_numbers_unchanged(tmp_path, no_dropout_bert, corpus, fake_senteval, flags):
+    runs = {}
+    for name, extra in {"plain": (), "fast": flags}.items():
+        proc = run(train_cmd(no_dropout_bert, corpus, fake_senteval, tmp_path / name, *SPEED_ARGS, *extra))
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        runs[name] = _numbers(tmp_path / name)
+    (plain_loss, plain_eval), (fast_loss, fast_eval) = runs["plain"], runs["fast"]
+    assert len(plain_loss) == 4 and len(plain_eval) == 6
+    assert fast_loss == pytest.approx(plain_loss, abs=1e-4)
+    assert fast_eval == pytest.approx(plain_eval, rel=1e-3, abs=1e-6)
+
+
+def test_unpad_refuses_an_unsupported_model_by_flag(tmp_path, corpus, fake_senteval):
+    model = make_tiny_model(tmp_path / "rel", "bert", position_embedding_type="relative_key")
+    proc = run(train_cmd(model, corpus, fake_senteval, tmp_path / "out", "--unpad_inputs", "--max_train_steps", "1"))
+    assert proc.returncode == 2
+    assert "--unpad_inputs" in proc.stderr and "relative_key" in proc.stderr
+    assert not (tmp_path / "out" / "metrics.jsonl").exists()

@@ -75,7 +75,7 @@ def parse_args(argv=None):
                    help="training text, one sentence per line (default: the STS test sentences, shorter than wiki1m's)")
     p.add_argument("--batch_size", type=int, default=64, help="sentences per step (x 2 views)")
     p.add_argument("--max_seq_length", type=int, default=32)
-    p.add_argument("--steps", type=int, default=None, help="timed steps per method (default: 30 on GPU, 8 on CPU)")
+    p.add_argument("--steps", type=int, default=None, help="timed steps per method (default: 30 on GPU, 12 on CPU)")
     p.add_argument("--warmup_steps", type=int, default=None, help="untimed steps first (default: 10 on GPU, 2 on CPU)")
     p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=None,
                    help="train.py flag sets to time (default: default unpad; on GPU also compile, compile-cudagraphs)")
@@ -334,7 +334,7 @@ def main(argv=None):
     device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
     gpu = device.type == "cuda"
     precision = args.mixed_precision or ("bf16" if gpu else "no")
-    args.steps = args.steps or (30 if gpu else 8)
+    args.steps = args.steps or (30 if gpu else 12)
     args.warmup_steps = (10 if gpu else 2) if args.warmup_steps is None else args.warmup_steps
     variants = args.variants or (["default", "unpad", "compile", "compile-cudagraphs"] if gpu else ["default", "unpad"])
 

@@ -1,0 +1,86 @@
+"""utils.unpad: the padding-free forward equals the encoder's own forward on the real tokens."""
+
+import pytest
+import torch
+
+from tests.conftest import make_tiny_model
+from utils.model import SimCSEModel, load_pretrained
+from utils.unpad import unpadded_forward, unsupported_reason
+
+SENTENCES = ["a man is playing guitar on the street with two dogs", "the cat", "a red ball in the water",
+             "people riding a bike in the park and a woman eating food", "blue"]
+
+
+@pytest.fixture(scope="module", params=["bert", "roberta"])
+def no_dropout(request, tmp_path_factory):
+    path = make_tiny_model(tmp_path_factory.mktemp(request.param), request.param, hidden_dropout_prob=0.0,
+                           attention_probs_dropout_prob=0.0)
+    return load_pretrained(str(path))
+
+
+def _batch(tokenizer):
+    return tokenizer(SENTENCES, padding=True, return_tensors="pt")
+
+
+def test_outputs_equal_the_encoders_own_forward(no_dropout):
+    encoder, tokenizer = no_dropout
+    batch = _batch(tokenizer)
+    mask = batch["attention_mask"].bool()
+    assert not mask.all()  # the batch has padding to skip
+    encoder.eval()
+    with torch.no_grad():
+        ref = encoder(**batch, output_hidden_states=True)
+        out = unpadded_forward(encoder, **batch, output_hidden_states=True)
+    assert len(out.hidden_states) == len(ref.hidden_states)
+    for mine, theirs in zip(out.hidden_states, ref.hidden_states):
+        torch.testing.assert_close(mine[mask], theirs[mask], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out.last_hidden_state[mask], ref.last_hidden_state[mask], atol=1e-5, rtol=1e-5)
+    assert (out.last_hidden_state[~mask] == 0).all()
+    torch.testing.assert_close(out.pooler_output, ref.pooler_output, atol=1e-5, rtol=1e-5)
+
+
+def test_gradients_equal_the_encoders_own(no_dropout):
+    encoder, tokenizer = no_dropout
+    batch = _batch(tokenizer)
+    mask = batch["attention_mask"].bool()
+    grads = []
+    for forward in (lambda: encoder(**batch), lambda: unpadded_forward(encoder, **batch)):
+        encoder.zero_grad()
+        forward().last_hidden_state[mask].pow(2).mean().backward()
+        grads.append({n: p.grad.clone() for n, p in encoder.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys()
+    for name, g in grads[0].items():
+        torch.testing.assert_close(grads[1][name], g, atol=1e-6, rtol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize("pooler", ["cls", "avg", "avg_first_last", "avg_top2"])
+def test_simcse_model_embeddings_are_unchanged(no_dropout, pooler):
+    encoder, tokenizer = no_dropout
+    batch = _batch(tokenizer)
+    torch.manual_seed(0)
+    model = SimCSEModel(encoder, pooler, mlp_only_train=True).train()
+    with torch.no_grad():
+        ref = model(**batch)
+        model.unpad = True
+        out = model(**batch)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_dropout_still_makes_two_views(tmp_path):
+    encoder, tokenizer = load_pretrained(str(make_tiny_model(tmp_path / "m", "bert")))
+    model = SimCSEModel(encoder, "cls", unpad=True).train()
+    batch = _batch(tokenizer)
+    z1, z2 = model(**{k: torch.cat([v, v]) for k, v in batch.items()}).chunk(2)
+    assert not torch.allclose(z1, z2)
+
+
+def test_unsupported_encoders_are_refused_by_name(tmp_path):
+    from transformers import DistilBertConfig, DistilBertModel
+
+    distil = DistilBertModel(DistilBertConfig(vocab_size=50, dim=16, n_layers=1, n_heads=2, hidden_dim=32))
+    assert "not a BERT-style encoder" in unsupported_reason(distil)
+    encoder, _ = load_pretrained(str(make_tiny_model(tmp_path / "m", "bert")))
+    assert unsupported_reason(encoder) is None
+    encoder.config.position_embedding_type = "relative_key"
+    with pytest.raises(ValueError, match="--unpad_inputs.*relative_key"):
+        unpadded_forward(encoder, torch.ones(1, 3, dtype=torch.long), torch.ones(1, 3, dtype=torch.long))
