@@ -21,7 +21,9 @@ def test_bench_on_a_checkpoint_writes_every_measurement(tmp_path, tiny_bert, sha
     for key in ("train_speedup_vs_sentence_transformers", "encode_speedup_vs_sentence_transformers"):
         assert _positive(r[key])
     assert isinstance(r["rr_overhead_fraction"], float) and r["rr_overhead_fraction"] > -1
-    assert set(r["train"]) == {"default", "unpad", "sentence-transformers", f"{r['fastest_variant']} + rank-reduction"}
+    assert set(r["train"]) == {"default", "unpad", "sentence-transformers", "default + rank-reduction",
+                               "unpad + rank-reduction"}
+    assert r["rr_overhead_fraction"] == r["train"][f"{r['fastest_variant']} + rank-reduction"]["rr_overhead_fraction"]
     for t in r["train"].values():
         assert t["steps"] == 2 and all(_positive(t[k]) for k in ("ms_per_step", "sentences_per_s", "real_tokens_per_s", "mfu"))
     # every method trained on the same batches: the same real tokens
@@ -44,7 +46,7 @@ def test_bench_random_init_config(tmp_path, tiny_bert, shared_data):
     assert "train_speedup_vs_sentence_transformers" not in r
 
 
-@pytest.mark.parametrize("flag, value", [("--steps", "0"), ("--batch_size", "1")])
+@pytest.mark.parametrize("flag, value", [("--steps", "0"), ("--batch_size", "1"), ("--rank_reduction", "0")])
 def test_bench_rejects_bad_numbers(flag, value, capsys):
     with pytest.raises(SystemExit):
         bench.parse_args(["--data_dir", "x", flag, value])

@@ -14,11 +14,12 @@ Measured in ONE run, on the same machine and settings (batch, max length, precis
   (`SentenceTransformerTrainer` + `MultipleNegativesRankingLoss`, the sentence list as anchor and positive:
   one forward per column), timed from the trainer's own step callbacks; sentences/s, real tokens/s, and
   MFU = model FLOPs of the real tokens / time / the matmul rate measured here in the same precision;
-- RR: the fastest variant again with `--rank-reduction`;
+- RR: every variant with and without `--rank-reduction`, in alternating blocks on the same batches;
 - encode: sentences/s of evaluate.py's `encode` vs `SentenceTransformer.encode` on the unique STS test
   sentences (same pooler, same max length), and the wall time of the full STS test suite;
 - in-training evaluation: one STS-B dev + SICK-R trial + rank-probe evaluation, relative to the
-  `--eval_steps` training steps between two evaluations.
+  `--eval_steps` training steps between two evaluations, and one rank-probe-only evaluation relative to
+  the 10 steps between two of them in train.py's dense early schedule.
 Steps are timed back to back with one device sync at the end (the training loop never waits per step).
 """
 
@@ -91,6 +92,8 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None, help="also write the results here")
     args = p.parse_args(argv)
+    if not args.rank_reduction > 0:
+        p.error(f"argument --rank_reduction: must be > 0, got {args.rank_reduction} (use --skip rr to leave RR out)")
     for flag in ("batch_size", "max_seq_length", "steps", "warmup_steps", "encode_limit", "eval_batch_size", "eval_steps"):
         value = getattr(args, flag)
         if value is not None and value < (2 if flag == "batch_size" else 0 if flag == "warmup_steps" else 1):
@@ -147,8 +150,10 @@ def build_model_dir(args, tmp: str) -> str:
 
 
 # ----------------------------------------------------------------------------- training steps
-def time_train_py(model_dir, sentences, args, device, precision, variant: str, rr_weight: float = 0.0) -> dict:
-    """ms/step of train.py's step (train_step, make_optimizer, SentenceBatches), flags of `variant`."""
+def time_train_py(model_dir, sentences, args, device, precision, variant: str, rr_weights=(0.0,)) -> dict:
+    """Timing of train.py's step (train_step, make_optimizer, SentenceBatches) with the flags of `variant`:
+    {rr_weight: {"seconds", "steps", "real_tokens"}}. The RR weights take turns in blocks of steps on the
+    same model and the same batches, so that their difference is not one of machine load or batch lengths."""
     from accelerate import Accelerator
     from transformers import get_scheduler
 
@@ -170,19 +175,26 @@ def time_train_py(model_dir, sentences, args, device, precision, variant: str, r
     model.train()
     batches = SentenceBatches(sentences, tokenizer, args.batch_size, args.max_seq_length, args.seed,
                               pad_to_max_length=opts.get("pad_to_max_length", False))
-    real_tokens = 0
-    for step in range(args.warmup_steps + args.steps):
-        if step == args.warmup_steps:
+
+    def run(steps, weight):
+        for step in steps:
+            train_step(model, optimizer, scheduler, accelerator, batches(step % batches.steps_per_epoch), 0.05, weight)
+
+    for weight in rr_weights:  # warm-up (and compilation) of every path
+        run(range(args.warmup_steps), weight)
+    out = {w: {"seconds": 0.0, "steps": args.steps, "real_tokens": 0} for w in rr_weights}
+    block = max(1, min(5, args.steps // 2))
+    for first in range(args.warmup_steps, args.warmup_steps + args.steps, block):
+        steps = range(first, min(first + block, args.warmup_steps + args.steps))
+        tokens = sum(int(batches(s % batches.steps_per_epoch)["attention_mask"].sum()) for s in steps)
+        for weight in rr_weights:
             sync(device)
             start = time.perf_counter()
-        batch = batches(step % batches.steps_per_epoch)
-        if step >= args.warmup_steps:
-            real_tokens += int(batch["attention_mask"].sum())
-        train_step(model, optimizer, scheduler, accelerator, batch, 0.05, rr_weight)
-    sync(device)
-    seconds = time.perf_counter() - start
-    del model, raw, optimizer
-    return {"seconds": seconds, "steps": args.steps, "real_tokens": real_tokens}
+            run(steps, weight)
+            sync(device)
+            out[weight]["seconds"] += time.perf_counter() - start
+            out[weight]["real_tokens"] += tokens
+    return out
 
 
 def time_sentence_transformers(model_dir, sentences, args, device, precision) -> dict:
@@ -373,22 +385,25 @@ def main(argv=None):
             r["mfu"] = flops / (r["ms_per_step"] / 1000) / (results["matmul_tflops"] * 1e12)
             return r
 
-        train = {}
+        train, rr_of = {}, {}
+        weights = (0.0,) if "rr" in args.skip else (0.0, args.rank_reduction)
         for name in variants:
-            r = time_train_py(model_dir, train_sentences, args, device, precision, name)
-            train[name] = finish(r, r["real_tokens"])
-            print(f"train.py [{variant_flags(name)}]: {r['ms_per_step']:.1f} ms/step", flush=True)
-        real_tokens = next(iter(train.values()))["real_tokens"]
+            timed = time_train_py(model_dir, train_sentences, args, device, precision, name, weights)
+            train[name] = finish(timed[0.0], timed[0.0]["real_tokens"])
+            line = f"train.py [{variant_flags(name)}]: {train[name]['ms_per_step']:.1f} ms/step"
+            if len(weights) == 2:
+                rr_of[name] = finish(timed[weights[1]], timed[weights[1]]["real_tokens"])
+                line += f", with --rank-reduction {args.rank_reduction}: {rr_of[name]['ms_per_step']:.1f}"
+            print(line, flush=True)
+        real_tokens = train[variants[0]]["real_tokens"]
         fastest = min(train, key=lambda n: train[n]["ms_per_step"])
         if "sentence-transformers" not in args.skip:
             st = finish(time_sentence_transformers(model_dir, train_sentences, args, device, precision), real_tokens)
             train["sentence-transformers"] = st
             print(f"sentence-transformers (MNRL): {st['ms_per_step']:.1f} ms/step", flush=True)
-        if "rr" not in args.skip:
-            rr = time_train_py(model_dir, train_sentences, args, device, precision, fastest, args.rank_reduction)
-            train[f"{fastest} + rank-reduction"] = finish(rr, rr["real_tokens"])
-            print(f"train.py [{variant_flags(fastest)} --rank-reduction {args.rank_reduction}]: "
-                  f"{rr['ms_per_step']:.1f} ms/step", flush=True)
+        for name, r in rr_of.items():
+            r["rr_overhead_fraction"] = r["ms_per_step"] / train[name]["ms_per_step"] - 1
+            train[f"{name} + rank-reduction"] = r
         results["train"] = train
         results["fastest_variant"] = fastest
         results["fastest_variant_flags"] = variant_flags(fastest)
@@ -397,9 +412,8 @@ def main(argv=None):
             results["train_speedup_vs_sentence_transformers"] = st_ms / train[fastest]["ms_per_step"]
             if "default" in train:
                 results["train_speedup_default_flags"] = st_ms / train["default"]["ms_per_step"]
-        if "rr" not in args.skip:
-            results["rr_overhead_fraction"] = train[f"{fastest} + rank-reduction"]["ms_per_step"] / \
-                train[fastest]["ms_per_step"] - 1
+        if rr_of:
+            results["rr_overhead_fraction"] = rr_of[fastest]["rr_overhead_fraction"]
 
         if "encode" not in args.skip:
             subset = sts_sentences[: args.encode_limit] if args.encode_limit else sts_sentences
@@ -417,6 +431,9 @@ def main(argv=None):
             between = args.eval_steps * train[fastest]["ms_per_step"] / 1000
             ev["eval_steps"] = args.eval_steps
             ev["fraction_of_training_time"] = ev["full_seconds"] / (ev["full_seconds"] + between)
+            # train.py's dense rank schedule (every 10 steps until step 500) costs more while it lasts
+            dense = 10 * train[fastest]["ms_per_step"] / 1000
+            ev["rank_eval_fraction_while_dense"] = ev["rank_only_seconds"] / (ev["rank_only_seconds"] + dense)
             results["in_training_eval"] = ev
     print()
     print(format_table(results))
@@ -440,9 +457,10 @@ def format_table(r: dict) -> str:
         speed = f"{st['ms_per_step'] / t['ms_per_step']:.2f}x" if st else "-"
         lines.append(f"| {label} | {t['ms_per_step']:.1f} | {t['sentences_per_s']:.0f} | "
                      f"{t['real_tokens_per_s']:.0f} | {mfu} | {speed} |")
-    if "rr_overhead_fraction" in r:
-        lines.append(f"\nRank Reduction adds {100 * r['rr_overhead_fraction']:+.1f} % to the step "
-                     f"({r['fastest_variant_flags']}).")
+    for name, t in r["train"].items():
+        if "rr_overhead_fraction" in t:
+            lines.append(f"Rank Reduction adds {100 * t['rr_overhead_fraction']:+.1f} % to the step of train.py "
+                         f"{variant_flags(name.split(' + ')[0])} (the same batches, in alternating blocks).")
     if "encode" in r:
         e = r["encode"]
         lines.append(f"\n| encode ({e['sentences']} STS test sentences) | seconds | sentences/s |\n|---|---|---|")
@@ -453,9 +471,10 @@ def format_table(r: dict) -> str:
         lines.append(f"full STS test suite (STS12-16, STS-B, SICK-R): {r['sts_test_suite_seconds']:.1f} s")
     if "in_training_eval" in r:
         ev = r["in_training_eval"]
-        lines.append(f"in-training evaluation: {ev['full_seconds']:.2f} s (rank probe only: {ev['rank_only_seconds']:.2f}"
-                     f" s) = {100 * ev['fraction_of_training_time']:.1f} % of training time at --eval_steps "
-                     f"{ev['eval_steps']}")
+        lines.append(f"in-training evaluation: {ev['full_seconds']:.2f} s = {100 * ev['fraction_of_training_time']:.1f} % "
+                     f"of training time at --eval_steps {ev['eval_steps']}; rank probe only: "
+                     f"{ev['rank_only_seconds']:.2f} s = {100 * ev['rank_eval_fraction_while_dense']:.1f} % while the "
+                     f"dense rank schedule lasts (--rank_eval_steps 10, until step 500 by default)")
     return "\n".join(lines)
 
 
