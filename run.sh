@@ -6,6 +6,7 @@
 #   bash run.sh                                     # bert-base-uncased on wiki1m, seeds 1-5 (downloads what is missing)
 #   SEEDS="1 2 3" RR_WEIGHT=0.05 MODEL=roberta-base bash run.sh
 #   LAUNCH="accelerate launch --multi_gpu --num_processes 4" BATCH_SIZE=16 bash run.sh
+#   TRAIN_ARGS="--unpad_inputs" MIXED_PRECISION=bf16 bash run.sh      # train.py's speed flags
 #   SEEDS="1 2" MODEL=../shared/models/all-MiniLM-L6-v2 \
 #     TRAIN_FILE=../shared/data/train/wiki1m_for_simcse.first11914.txt DATA_DIR=../shared/data \
 #     MAX_STEPS=60 EVAL_STEPS=20 SAVE_STEPS=10 BATCH_SIZE=32 bash run.sh   # a short CPU study
@@ -36,6 +37,7 @@ SAVE_STEPS_UNTIL=${SAVE_STEPS_UNTIL-1000}  # ... until this step (empty: to the 
 CHECKPOINT_STEPS=${CHECKPOINT_STEPS:-1000}
 MIXED_PRECISION=${MIXED_PRECISION:-no}
 LAUNCH=${LAUNCH:-python}
+TRAIN_ARGS=${TRAIN_ARGS:-}             # more train.py flags for every run, e.g. "--unpad_inputs --rank_eval_steps 25"
 PROBING_DIR=${PROBING_DIR:-}           # SentEval probing files: probing accuracies in the analysis ...
 PROBING_AT=${PROBING_AT:-all}          # ... at every checkpoint, or `boundaries` (step 0, rank peak, best)
 OUT=${OUT:-runs/study-$(basename "$MODEL")}
@@ -48,6 +50,7 @@ if [ ! -d "$DATA_DIR/downstream" ] && [ "$DATA_DIR" = data ]; then
   python -m utils.download senteval --data_dir data
 fi
 
+read -r -a train_args <<< "$TRAIN_ARGS"
 run_dirs=()
 failed=()
 for seed in $SEEDS; do
@@ -74,7 +77,7 @@ for seed in $SEEDS; do
         --max_seq_length "$MAX_LEN" --temp "$TEMP" --num_train_epochs "$EPOCHS" ${MAX_STEPS:+--max_train_steps "$MAX_STEPS"} \
         --eval_steps "$EVAL_STEPS" --save_steps "$SAVE_STEPS" ${SAVE_STEPS_UNTIL:+--save_steps_until "$SAVE_STEPS_UNTIL"} \
         --save_peak_checkpoint --checkpointing_steps "$CHECKPOINT_STEPS" --checkpoints_total_limit 1 \
-        --mixed_precision "$MIXED_PRECISION" --seed "$seed" --rank-reduction "$weight" "${resume[@]}"; then
+        --mixed_precision "$MIXED_PRECISION" --seed "$seed" --rank-reduction "$weight" "${train_args[@]}" "${resume[@]}"; then
         echo "run.sh: $dir failed; going on with the other runs" >&2
         failed+=("$dir")
         continue
