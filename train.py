@@ -9,6 +9,9 @@ in OUTPUT_DIR/best/, loadable by transformers.AutoModel and sentence_transformer
     python train.py --model_name_or_path bert-base-uncased --train_file data/wiki1m_for_simcse.txt \
         --eval_data_dir data --output_dir runs/unsup-simcse-bert
 
+    # faster (README, Speed): --unpad_inputs skips the padding; on a GPU also --mixed_precision bf16, or
+    # --pad_to_max_length --torch_compile reduce-overhead for CUDA graphs; `python -m utils.bench` measures
+
     # several GPUs (negatives are gathered from all processes: 4 x 64 = 256 per batch)
     accelerate launch --num_processes 4 train.py ... --per_device_train_batch_size 16
 
