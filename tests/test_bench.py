@@ -39,14 +39,15 @@ def test_bench_on_a_checkpoint_writes_every_measurement(tmp_path, tiny_bert, sha
 def test_bench_random_init_config(tmp_path, tiny_bert, shared_data):
     # the tiny model's tokenizer stands in for bert-base-uncased (no hub here)
     r = bench.main(["--config", "minilm-l6", "--tokenizer", str(tiny_bert), "--data_dir", str(shared_data),
-                    "--steps", "1", "--warmup_steps", "0", "--batch_size", "4", "--cpu", "--variants", "default",
+                    "--steps", "1", "--warmup_steps", "1", "--batch_size", "4", "--cpu", "--variants", "default",
                     "--skip", "sentence-transformers", "rr", "encode", "suite", "eval"])
     assert r["model"] == "minilm-l6 (random init)"
     assert list(r["train"]) == ["default"] and _positive(r["train"]["default"]["ms_per_step"])
     assert "train_speedup_vs_sentence_transformers" not in r
 
 
-@pytest.mark.parametrize("flag, value", [("--steps", "0"), ("--batch_size", "1"), ("--rank_reduction", "0")])
+@pytest.mark.parametrize("flag, value", [("--steps", "0"), ("--batch_size", "1"), ("--warmup_steps", "0"),
+                                         ("--rank_reduction", "0")])
 def test_bench_rejects_bad_numbers(flag, value, capsys):
     with pytest.raises(SystemExit):
         bench.parse_args(["--data_dir", "x", flag, value])
