@@ -58,3 +58,10 @@ def test_bench_names_a_missing_data_dir(tmp_path):
     with pytest.raises(SystemExit) as err:
         bench.main(["--data_dir", str(tmp_path / "nope"), "--cpu"])
     assert "nope" in str(err.value)
+
+
+def test_bench_names_a_missing_peer_package_before_measuring(monkeypatch, shared_data):
+    monkeypatch.setitem(__import__("sys").modules, "datasets", None)  # import datasets -> ImportError
+    with pytest.raises(SystemExit) as err:
+        bench.main(["--data_dir", str(shared_data), "--cpu"])
+    assert "datasets" in str(err.value) and "--skip sentence-transformers" in str(err.value)

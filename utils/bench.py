@@ -357,6 +357,17 @@ def main(argv=None):
 
     from utils.data import DataError, read_sentences
 
+    # the peer's packages, checked before minutes of measurements (they are benchmark-only extras)
+    needs = {"sentence-transformers": ("sentence_transformers", "datasets"), "encode": ("sentence_transformers",)}
+    for part, modules in needs.items():
+        if part not in args.skip:
+            for module in modules:
+                try:
+                    __import__(module)
+                except ImportError:
+                    sys.exit(f"error: the {part} comparison needs the {module} package: pip install "
+                             f"'sentence-transformers[train]' (requirements-dev.txt), or --skip {part}")
+
     try:
         sts_sentences = sts_test_sentences(args.data_dir)
         train_sentences = read_sentences(args.train_file) if args.train_file else sts_sentences
