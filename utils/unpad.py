@@ -60,9 +60,11 @@ def unpadded_forward(encoder, input_ids, attention_mask, token_type_ids=None, ou
                      **_ignored) -> BaseModelOutputWithPooling:
     """The encoder's forward with its token-wise layers on real tokens only; a transformers output object
     (last_hidden_state, pooler_output when the encoder has a pooler, hidden_states on request)."""
-    reason = unsupported_reason(encoder)
-    if reason is not None:
-        raise ValueError(f"--unpad_inputs cannot run this model: {reason}")
+    if not getattr(encoder, "_unpad_checked", False):  # once per encoder, not on every training step
+        reason = unsupported_reason(encoder)
+        if reason is not None:
+            raise ValueError(f"--unpad_inputs cannot run this model: {reason}")
+        encoder._unpad_checked = True
     batch, seq = input_ids.shape
     embedded = encoder.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)
     rows = attention_mask.reshape(-1).nonzero().squeeze(1)
