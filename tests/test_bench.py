@@ -65,3 +65,26 @@ def test_bench_names_a_missing_peer_package_before_measuring(monkeypatch, shared
     with pytest.raises(SystemExit) as err:
         bench.main(["--data_dir", str(shared_data), "--cpu"])
     assert "datasets" in str(err.value) and "--skip sentence-transformers" in str(err.value)
+
+
+def test_a_failed_measurement_is_recorded_and_the_others_run(tmp_path, tiny_bert, shared_data, monkeypatch, capsys):
+    def broken(*args, **kwargs):
+        raise RuntimeError("no kernel image is available\nsecond line")
+
+    monkeypatch.setattr(bench, "time_encode", broken)
+    out = tmp_path / "bench.json"
+    r = bench.main(["--config", "minilm-l6", "--tokenizer", str(tiny_bert), "--data_dir", str(shared_data),
+                    "--steps", "1", "--warmup_steps", "1", "--batch_size", "4", "--cpu", "--variants", "default",
+                    "--skip", "sentence-transformers", "rr", "eval", "--encode_limit", "8", "--json", str(out)])
+    assert r["failed"] == {"encode": "RuntimeError: no kernel image is available"}
+    assert "encode" not in r and _positive(r["sts_test_suite_seconds"])  # the suite still ran
+    assert json.loads(out.read_text())["failed"] == r["failed"]
+    assert "FAILED: encode: RuntimeError: no kernel image is available" in capsys.readouterr().out
+
+
+def test_bench_exits_when_no_variant_runs(tiny_bert, shared_data, monkeypatch):
+    monkeypatch.setattr(bench, "time_train_py", lambda *a, **k: 1 / 0)
+    with pytest.raises(SystemExit) as err:
+        bench.main(["--config", "minilm-l6", "--tokenizer", str(tiny_bert), "--data_dir", str(shared_data),
+                    "--cpu", "--variants", "default", "--skip", "sentence-transformers"])
+    assert "no variant" in str(err.value)

@@ -31,6 +31,7 @@ import platform
 import sys
 import tempfile
 import time
+import traceback
 
 import torch
 
@@ -399,26 +400,51 @@ def main(argv=None):
             r["mfu"] = flops / (r["ms_per_step"] / 1000) / (results["matmul_tflops"] * 1e12)
             return r
 
+        def save():  # after every measurement: a run cut short keeps what it measured
+            if args.json:
+                with open(args.json, "w") as f:
+                    json.dump(results, f, indent=2)
+
+        def attempt(part: str, measure):
+            """One measurement; a failure (a compiler error, say) is recorded and printed, and the others run."""
+            try:
+                return measure()
+            except Exception as err:  # noqa: BLE001 - any failure of one measurement
+                traceback.print_exc()
+                reason = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"[:500]
+                results.setdefault("failed", {})[part] = reason
+                print(f"{part}: FAILED ({reason})", flush=True)
+                return None
+            finally:
+                save()
+
         train, rr_of = {}, {}
+        results["train"] = train
         weights = (0.0,) if "rr" in args.skip else (0.0, args.rank_reduction)
         for name in variants:
-            timed = time_train_py(model_dir, train_sentences, args, device, precision, name, weights)
+            timed = attempt(f"train.py {name}",
+                            lambda: time_train_py(model_dir, train_sentences, args, device, precision, name, weights))
+            if timed is None:
+                continue
             train[name] = finish(timed[0.0], timed[0.0]["real_tokens"])
             line = f"train.py [{variant_flags(name)}]: {train[name]['ms_per_step']:.1f} ms/step"
             if len(weights) == 2:
                 rr_of[name] = finish(timed[weights[1]], timed[weights[1]]["real_tokens"])
                 line += f", with --rank-reduction {args.rank_reduction}: {rr_of[name]['ms_per_step']:.1f}"
             print(line, flush=True)
-        real_tokens = train[variants[0]]["real_tokens"]
+        if not train:
+            sys.exit("error: no variant of train.py's step ran (see the errors above)")
+        real_tokens = next(iter(train.values()))["real_tokens"]
         fastest = min(train, key=lambda n: train[n]["ms_per_step"])
         if "sentence-transformers" not in args.skip:
-            st = finish(time_sentence_transformers(model_dir, train_sentences, args, device, precision), real_tokens)
-            train["sentence-transformers"] = st
-            print(f"sentence-transformers (MNRL): {st['ms_per_step']:.1f} ms/step", flush=True)
+            st = attempt("sentence-transformers", lambda: finish(
+                time_sentence_transformers(model_dir, train_sentences, args, device, precision), real_tokens))
+            if st is not None:
+                train["sentence-transformers"] = st
+                print(f"sentence-transformers (MNRL): {st['ms_per_step']:.1f} ms/step", flush=True)
         for name, r in rr_of.items():
             r["rr_overhead_fraction"] = r["ms_per_step"] / train[name]["ms_per_step"] - 1
             train[f"{name} + rank-reduction"] = r
-        results["train"] = train
         results["fastest_variant"] = fastest
         results["fastest_variant_flags"] = variant_flags(fastest)
         if "sentence-transformers" in train:
@@ -428,32 +454,37 @@ def main(argv=None):
                 results["train_speedup_default_flags"] = st_ms / train["default"]["ms_per_step"]
         if rr_of:
             results["rr_overhead_fraction"] = rr_of[fastest]["rr_overhead_fraction"]
+        save()
 
         if "encode" not in args.skip:
             subset = sts_sentences[: args.encode_limit] if args.encode_limit else sts_sentences
-            enc = time_encode(model_dir, subset, args, device)
-            results["encode"] = enc
-            results["encode_speedup_vs_sentence_transformers"] = \
-                enc["evaluate.py"]["sentences_per_s"] / enc["sentence-transformers"]["sentences_per_s"]
-            print(f"encode {enc['sentences']} STS test sentences: evaluate.py {enc['evaluate.py']['sentences_per_s']:.0f}"
-                  f"/s, sentence-transformers {enc['sentence-transformers']['sentences_per_s']:.0f}/s", flush=True)
+            enc = attempt("encode", lambda: time_encode(model_dir, subset, args, device))
+            if enc is not None:
+                results["encode"] = enc
+                results["encode_speedup_vs_sentence_transformers"] = \
+                    enc["evaluate.py"]["sentences_per_s"] / enc["sentence-transformers"]["sentences_per_s"]
+                print(f"encode {enc['sentences']} STS test sentences: evaluate.py "
+                      f"{enc['evaluate.py']['sentences_per_s']:.0f}/s, sentence-transformers "
+                      f"{enc['sentence-transformers']['sentences_per_s']:.0f}/s", flush=True)
         if "suite" not in args.skip:
-            results["sts_test_suite_seconds"] = time_sts_suite(model_dir, args, device)
-            print(f"full STS test suite: {results['sts_test_suite_seconds']:.1f} s", flush=True)
+            seconds = attempt("suite", lambda: time_sts_suite(model_dir, args, device))
+            if seconds is not None:
+                results["sts_test_suite_seconds"] = seconds
+                print(f"full STS test suite: {seconds:.1f} s", flush=True)
         if "eval" not in args.skip:
-            ev = time_in_training_eval(model_dir, args, device)
-            between = args.eval_steps * train[fastest]["ms_per_step"] / 1000
-            ev["eval_steps"] = args.eval_steps
-            ev["fraction_of_training_time"] = ev["full_seconds"] / (ev["full_seconds"] + between)
-            # train.py's dense rank schedule (every 10 steps until step 500) costs more while it lasts
-            dense = 10 * train[fastest]["ms_per_step"] / 1000
-            ev["rank_eval_fraction_while_dense"] = ev["rank_only_seconds"] / (ev["rank_only_seconds"] + dense)
-            results["in_training_eval"] = ev
+            ev = attempt("eval", lambda: time_in_training_eval(model_dir, args, device))
+            if ev is not None:
+                between = args.eval_steps * train[fastest]["ms_per_step"] / 1000
+                ev["eval_steps"] = args.eval_steps
+                ev["fraction_of_training_time"] = ev["full_seconds"] / (ev["full_seconds"] + between)
+                # train.py's dense rank schedule (every 10 steps until step 500) costs more while it lasts
+                dense = 10 * train[fastest]["ms_per_step"] / 1000
+                ev["rank_eval_fraction_while_dense"] = ev["rank_only_seconds"] / (ev["rank_only_seconds"] + dense)
+                results["in_training_eval"] = ev
+                save()
     print()
     print(format_table(results))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=2)
         print(f"\n-> {args.json}")
     return results
 
@@ -489,6 +520,8 @@ def format_table(r: dict) -> str:
                      f"of training time at --eval_steps {ev['eval_steps']}; rank probe only: "
                      f"{ev['rank_only_seconds']:.2f} s = {100 * ev['rank_eval_fraction_while_dense']:.1f} % while the "
                      f"dense rank schedule lasts (--rank_eval_steps 10, until step 500 by default)")
+    for part, reason in r.get("failed", {}).items():
+        lines.append(f"FAILED: {part}: {reason}")
     return "\n".join(lines)
 
 
