@@ -1,6 +1,8 @@
+import numpy as np
+import pytest
 import torch
 
-from utils.encode import default_max_length, encode
+from utils.encode import default_max_length, encode, length_batches, pad_batch
 from utils.model import load_pretrained
 from utils.pooling import PooledEncoder
 
@@ -22,3 +24,32 @@ def test_default_max_length(tiny_bert, tiny_roberta):
         assert default_max_length(tokenizer, encoder.config) == expected
         tokenizer.model_max_length = int(1e30)  # transformers' "no limit": fall back to the positions
         assert default_max_length(tokenizer, encoder.config) == expected
+
+
+def test_pad_batch_right_pads_each_column():
+    columns = {"input_ids": [[5, 6, 7], [8], [9, 10]], "attention_mask": [[1, 1, 1], [1], [1, 1]]}
+    batch = pad_batch(columns, np.array([2, 1]), pad_id=3)
+    assert batch["input_ids"].tolist() == [[9, 10], [8, 3]]
+    assert batch["attention_mask"].tolist() == [[1, 1], [1, 0]]
+    assert batch["input_ids"].dtype == torch.long
+
+
+def test_length_batches_sort_by_length_and_fill_a_token_budget():
+    lengths = [3, 10, 1, 10, 4, 2]
+    fixed = length_batches(lengths, batch_size=4)
+    assert [b.tolist() for b in fixed] == [[1, 3, 4, 0], [5, 2]]  # longest first, ties in input order
+    budget = length_batches(lengths, batch_size=4, max_tokens=20)
+    assert [b.tolist() for b in budget] == [[1, 3], [4, 0, 5, 2]]  # 2 x 10 tokens, then 4 x 4
+    assert [b.tolist() for b in length_batches([50, 2], 4, max_tokens=20)] == [[0], [1]]  # always >= 1 row
+    assert sorted(np.concatenate(budget).tolist()) == list(range(len(lengths)))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_encode_on_a_gpu_matches_the_cpu(tiny_bert):
+    encoder, tokenizer = load_pretrained(str(tiny_bert))
+    model = PooledEncoder(encoder, "avg")
+    sentences = [" ".join(["word"] * n) for n in range(1, 60, 3)] + ["a b", "a b"]
+    cpu = encode(model, tokenizer, sentences, batch_size=2)
+    gpu = encode(model.cuda(), tokenizer, sentences, batch_size=2)  # token budget, bf16 autocast
+    assert gpu.device.type == "cpu" and gpu.dtype == torch.float32
+    assert torch.nn.functional.cosine_similarity(gpu, cpu).min() > 0.99

@@ -340,3 +340,15 @@ def test_two_processes_penalty_equals_one_process_on_the_global_batch(tmp_path):
     assert values == pytest.approx([p.item()] * 2, abs=1e-6)  # identical on every process
     for name, grad in grads.items():
         torch.testing.assert_close(dist_grads[name], grad, atol=1e-6, rtol=1e-5, msg=name)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("batch", [64, 200])  # the host eigh (<= HOST_EIGH_MAX) and cuSOLVER's
+def test_vne_penalty_on_a_gpu_equals_the_cpu(batch):
+    z = torch.randn(batch, 48, dtype=torch.float64)
+    z_cpu, z_gpu = z.clone().requires_grad_(), z.float().cuda().requires_grad_()
+    value_cpu, value_gpu = vne_penalty(z_cpu), vne_penalty(z_gpu)
+    (grad_cpu,), (grad_gpu,) = torch.autograd.grad(value_cpu, z_cpu), torch.autograd.grad(value_gpu, z_gpu)
+    assert value_gpu.device.type == "cuda" and value_gpu.dtype == torch.float32
+    assert abs(float(value_gpu) - float(value_cpu)) < 1e-4
+    torch.testing.assert_close(grad_gpu.double().cpu(), grad_cpu, atol=1e-5, rtol=1e-3)

@@ -84,3 +84,20 @@ def test_unsupported_encoders_are_refused_by_name(tmp_path):
     encoder.config.position_embedding_type = "relative_key"
     with pytest.raises(ValueError, match="--unpad_inputs.*relative_key"):
         unpadded_forward(encoder, torch.ones(1, 3, dtype=torch.long), torch.ones(1, 3, dtype=torch.long))
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA GPU"))])
+def test_bf16_autocast_matches_the_encoders_own_forward(no_dropout, device):
+    # under autocast the linear layers give bf16 while LayerNorm outputs stay float32: mixed dtypes inside
+    encoder, tokenizer = no_dropout
+    batch = {k: v.to(device) for k, v in _batch(tokenizer).items()}
+    mask = batch["attention_mask"].bool()
+    encoder.to(device).eval()
+    try:
+        with torch.no_grad(), torch.autocast(device, dtype=torch.bfloat16):
+            ref = encoder(**batch).last_hidden_state.float()
+            out = unpadded_forward(encoder, **batch).last_hidden_state.float()
+    finally:
+        encoder.to("cpu")
+    torch.testing.assert_close(out[mask], ref[mask], atol=5e-2, rtol=5e-2)

@@ -262,6 +262,27 @@ def _st_modules(model_dir, pooling: str, max_seq_length: int):
     return [transformer, Pooling(dim(), pooling_mode=pooling)]
 
 
+def time_eigh(device, sizes=(64, 128, 256, 512)) -> dict:
+    """ms of one eigh of an n x n Gram matrix (Rank Reduction's, n = global batch): in float32 on `device`,
+    and through the host in float64 (copies included), the choice utils.rank.HOST_EIGH_MAX makes on a GPU."""
+    out = {}
+    for n in sizes:
+        z = torch.randn(n, 768, device=device)
+        K = z @ z.T / n
+        row = {}
+        for where, fn in (("device", lambda: torch.linalg.eigh(K)),
+                          ("host_float64", lambda: [t.to(device) for t in torch.linalg.eigh(K.to("cpu", torch.float64))])):
+            fn()
+            sync(device)
+            start = time.perf_counter()
+            for _ in range(10):
+                fn()
+            sync(device)
+            row[where] = 1000 * (time.perf_counter() - start) / 10
+        out[n] = row
+    return out
+
+
 # ----------------------------------------------------------------------------- encoding and evaluation
 def sts_test_sentences(data_dir) -> list:
     from utils.sts import load_sts_tasks
@@ -293,7 +314,8 @@ def time_encode(model_dir, sentences, args, device) -> dict:
         "sentence-transformers": lambda s: st.encode(s, batch_size=args.eval_batch_size, convert_to_tensor=True,
                                                      show_progress_bar=False),
     }.items():
-        run(sentences[: args.eval_batch_size])  # warm-up
+        # warm-up: on a GPU a whole pass, so that every batch shape has met the allocator and the kernels
+        run(sentences if device.type == "cuda" else sentences[: args.eval_batch_size])
         sync(device)
         start = time.perf_counter()
         run(sentences)
@@ -445,6 +467,12 @@ def main(argv=None):
         for name, r in rr_of.items():
             r["rr_overhead_fraction"] = r["ms_per_step"] / train[name]["ms_per_step"] - 1
             train[f"{name} + rank-reduction"] = r
+        if rr_of and gpu:
+            eigh = attempt("eigh", lambda: time_eigh(device))
+            if eigh is not None:
+                results["rr_eigh_ms"] = eigh
+                print("RR eigh ms (n: device float32 / host float64): " + ", ".join(
+                    f"{n}: {t['device']:.2f} / {t['host_float64']:.2f}" for n, t in eigh.items()), flush=True)
         results["fastest_variant"] = fastest
         results["fastest_variant_flags"] = variant_flags(fastest)
         if "sentence-transformers" in train:
@@ -506,6 +534,10 @@ def format_table(r: dict) -> str:
         if "rr_overhead_fraction" in t:
             lines.append(f"Rank Reduction adds {100 * t['rr_overhead_fraction']:+.1f} % to the step of train.py "
                          f"{variant_flags(name.split(' + ')[0])} (the same batches, in alternating blocks).")
+    if "rr_eigh_ms" in r:
+        lines.append("RR's eigh of the n x n batch Gram matrix, ms (on the device in float32 / through the host in "
+                     "float64): " + ", ".join(f"n={n}: {t['device']:.2f} / {t['host_float64']:.2f}"
+                                            for n, t in r["rr_eigh_ms"].items()))
     if "encode" in r:
         e = r["encode"]
         lines.append(f"\n| encode ({e['sentences']} STS test sentences) | seconds | sentences/s |\n|---|---|---|")

@@ -212,6 +212,20 @@ def probe_metrics(emb, pos_pairs, tau: float = 0.9) -> dict:
 # ----------------------------------------------------------------------------- Rank Reduction penalty
 
 
+# A batch's Gram matrix is small (B x B); on a GPU, cuSOLVER's eigh of it costs milliseconds of latency
+# (more than a BERT-base training step's forward pass), the host's LAPACK a fraction of one (bench.py
+# measures both). Larger ones (all-gathered batches of many GPUs) stay on the device.
+HOST_EIGH_MAX = 128
+
+
+def _small_eigh(K: torch.Tensor):
+    """torch.linalg.eigh(K), on the host in float64 for a small CUDA matrix (one wait for K), else in place."""
+    if K.device.type == "cuda" and K.shape[-1] <= HOST_EIGH_MAX:
+        lam, U = torch.linalg.eigh(K.detach().to("cpu", torch.float64))
+        return lam.to(K.device, K.dtype), U.to(K.device, K.dtype)
+    return torch.linalg.eigh(K)
+
+
 class _MatrixEntropy(torch.autograd.Function):
     """S(K) = -tr(K log K) = -Σ λ log λ of a symmetric PSD matrix K, 0 log 0 = 0.
 
@@ -222,7 +236,7 @@ class _MatrixEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, K):
-        lam, U = torch.linalg.eigh(K)
+        lam, U = _small_eigh(K)
         ctx.save_for_backward(lam, U)
         lam = lam.clamp_min(0)  # rounding can make zero eigenvalues slightly negative
         return -torch.special.xlogy(lam, lam).sum()

@@ -45,7 +45,8 @@ def _layer(layer, x, rows, batch: int, seq: int, key_mask):
     heads, head_size = attention.num_attention_heads, attention.attention_head_size
 
     def padded(linear):  # (T, H) -> (B, heads, S, d), zeros at the padding
-        out = x.new_zeros(batch * seq, heads * head_size).index_copy(0, rows, linear(x))
+        y = linear(x)  # bf16 under autocast while x (a LayerNorm output) stays float32 on CUDA
+        out = y.new_zeros(batch * seq, heads * head_size).index_copy(0, rows, y)
         return out.view(batch, seq, heads, head_size).transpose(1, 2)
 
     context = F.scaled_dot_product_attention(
