@@ -167,7 +167,7 @@ def train_step(model, optimizer, scheduler, accelerator, batch, temp: float, rr_
     loss, vne = infonce, infonce.new_zeros(())
     if rr_weight > 0:
         # Rank Reduction: lower the von Neumann entropy (log effective rank) of each view's global batch
-        vne = sum(vne_penalty(view, gather=True) for view in rr_input.chunk(2)) / 2
+        vne = vne_penalty(torch.stack(rr_input.chunk(2)), gather=True).mean()  # both views in one call
         loss = infonce + rr_weight * vne
     terms = accelerator.reduce(torch.stack([loss, infonce, vne]).detach(), reduction="mean")
     finite = torch.isfinite(terms[0])

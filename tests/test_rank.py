@@ -350,5 +350,22 @@ def test_vne_penalty_on_a_gpu_equals_the_cpu(batch):
     value_cpu, value_gpu = vne_penalty(z_cpu), vne_penalty(z_gpu)
     (grad_cpu,), (grad_gpu,) = torch.autograd.grad(value_cpu, z_cpu), torch.autograd.grad(value_gpu, z_gpu)
     assert value_gpu.device.type == "cuda" and value_gpu.dtype == torch.float32
-    assert abs(float(value_gpu) - float(value_cpu)) < 1e-4
+    assert abs(float(value_gpu.detach()) - float(value_cpu.detach())) < 5e-4  # float32 eigensolvers, ~1e-4 apart at B = 200
     torch.testing.assert_close(grad_gpu.double().cpu(), grad_cpu, atol=1e-5, rtol=1e-3)
+
+
+def test_vne_penalty_of_stacked_views_equals_each_view_alone():
+    views = torch.randn(2, 16, 8, dtype=torch.float64)
+    views[1, 3] = 0  # a zero row in one view only: each view keeps its own normalisation
+    together = views.clone().requires_grad_()
+    values = _row_entropy(together)
+    assert values.shape == (2,)
+    values.sum().backward()
+    for v in range(2):
+        alone = views[v].clone().requires_grad_()
+        value = _row_entropy(alone)
+        value.backward()
+        assert float(values[v].detach()) == pytest.approx(float(value.detach()), abs=1e-12)
+        torch.testing.assert_close(together.grad[v], alone.grad)
+    with pytest.raises(ValueError, match="shape"):
+        vne_penalty(torch.randn(5))

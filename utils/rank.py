@@ -46,7 +46,7 @@ def _matrix(Z) -> torch.Tensor:
 
 def _unit_rows(Z: torch.Tensor) -> torch.Tensor:
     """Rows / their L2 norm; zero rows stay zero (and pass gradients through unscaled, not / eps)."""
-    norm = Z.norm(dim=1, keepdim=True)
+    norm = Z.norm(dim=-1, keepdim=True)
     return Z / torch.where(norm > 0, norm, torch.ones_like(norm))
 
 
@@ -212,14 +212,15 @@ def probe_metrics(emb, pos_pairs, tau: float = 0.9) -> dict:
 # ----------------------------------------------------------------------------- Rank Reduction penalty
 
 
-# A batch's Gram matrix is small (B x B); on a GPU, cuSOLVER's eigh of it costs milliseconds of latency
-# (more than a BERT-base training step's forward pass), the host's LAPACK a fraction of one (bench.py
-# measures both). Larger ones (all-gathered batches of many GPUs) stay on the device.
+# A batch's Gram matrix is small (B x B); on a GPU, cuSOLVER's eigh of it costs more than the host's LAPACK
+# with the copies (bench.py measures both: 0.8 vs 0.4 ms at B = 64 on an H200), and both make the host
+# wait for the forward pass. All views go in one call: one wait per step. Larger matrices (all-gathered
+# batches of many GPUs) stay on the device.
 HOST_EIGH_MAX = 128
 
 
 def _small_eigh(K: torch.Tensor):
-    """torch.linalg.eigh(K), on the host in float64 for a small CUDA matrix (one wait for K), else in place."""
+    """torch.linalg.eigh(K) of (..., n, n), on the host in float64 for a small CUDA matrix, else in place."""
     if K.device.type == "cuda" and K.shape[-1] <= HOST_EIGH_MAX:
         lam, U = torch.linalg.eigh(K.detach().to("cpu", torch.float64))
         return lam.to(K.device, K.dtype), U.to(K.device, K.dtype)
@@ -227,7 +228,7 @@ def _small_eigh(K: torch.Tensor):
 
 
 class _MatrixEntropy(torch.autograd.Function):
-    """S(K) = -tr(K log K) = -Σ λ log λ of a symmetric PSD matrix K, 0 log 0 = 0.
+    """S(K) = -tr(K log K) = -Σ λ log λ of symmetric PSD matrices K (..., n, n) -> (...), 0 log 0 = 0.
 
     Backward: the derivative of a spectral function, dS/dK = U diag(-(log λ_c + 1)) Uᵀ with λ_c = λ
     clamped to the dtype's eps. Unlike eigh's own backward it has no 1 / (λ_i - λ_j) terms, so repeated
@@ -239,17 +240,18 @@ class _MatrixEntropy(torch.autograd.Function):
         lam, U = _small_eigh(K)
         ctx.save_for_backward(lam, U)
         lam = lam.clamp_min(0)  # rounding can make zero eigenvalues slightly negative
-        return -torch.special.xlogy(lam, lam).sum()
+        return -torch.special.xlogy(lam, lam).sum(-1)
 
     @staticmethod
     def backward(ctx, grad):
         lam, U = ctx.saved_tensors
         lam_c = lam.clamp_min(torch.finfo(lam.dtype).eps)
-        return grad * (U * -(lam_c.log() + 1)) @ U.T
+        return grad[..., None, None] * (U * -(lam_c.log() + 1)[..., None, :]) @ U.transpose(-1, -2)
 
 
 def vne_penalty(z: torch.Tensor, gather: bool = False) -> torch.Tensor:
-    """Differentiable VNE of the rows of z (B, d), any dtype: a 0-dim float32 tensor equal to vne(z).
+    """Differentiable VNE of the rows of z (B, d), any dtype: a 0-dim float32 tensor equal to vne(z);
+    of each view of z (V, B, d): a (V,) tensor, in one eigendecomposition call.
 
     Computed in float32 with autocast off, on the (B, B) Gram matrix K = ẑẑᵀ / B (its nonzero eigenvalues
     are those of ẑᵀẑ / B); with zero rows K is divided by the number of nonzero rows instead (trace 1).
@@ -258,8 +260,10 @@ def vne_penalty(z: torch.Tensor, gather: bool = False) -> torch.Tensor:
     process, so DDP's gradient averaging yields exactly one process's gradient on the global batch.
     On one process gather changes nothing.
     """
+    if z.ndim not in (2, 3):
+        raise ValueError(f"expected (B, d) or (V, B, d) embeddings, got shape {tuple(z.shape)}")
     if gather:
-        z = gather_with_grad(z)
+        z = gather_with_grad(z) if z.ndim == 2 else torch.stack([gather_with_grad(view) for view in z])
     with torch.autocast(device_type=z.device.type, enabled=False):
         return _row_entropy(z.float())
 
@@ -267,5 +271,5 @@ def vne_penalty(z: torch.Tensor, gather: bool = False) -> torch.Tensor:
 def _row_entropy(z: torch.Tensor) -> torch.Tensor:
     """vne_penalty's computation in z's own dtype (the tests gradcheck it in float64)."""
     z = _unit_rows(z)
-    nonzero_rows = (z.detach() != 0).any(dim=1).sum().clamp_min(1)
-    return _MatrixEntropy.apply(z @ z.T / nonzero_rows)
+    nonzero_rows = (z.detach() != 0).any(dim=-1).sum(-1).clamp_min(1)
+    return _MatrixEntropy.apply(z @ z.transpose(-1, -2) / nonzero_rows[..., None, None])
