@@ -31,10 +31,14 @@ print(*(f'{m.__name__} {m.__version__}' for m in (torch, transformers, accelerat
 # each step has its own time limit, so that one that hangs leaves time for the other
 timeout "${BENCH_SECONDS:-330}" python3 -m utils.bench --config bert-base --tokenizer "$MODEL" --data_dir "$DATA_DIR" \
     "${train_file[@]}" --json "$OUT_DIR/bench_gpu_bert_base.json" ${BENCH_ARGS:-} 2>&1 | tee "$OUT_DIR/bench.log"
-echo "utils.bench exit status: ${PIPESTATUS[0]}"
+bench_status=${PIPESTATUS[0]}
+echo "utils.bench exit status: $bench_status"
 
 # scikit-learn on one thread, as in the CPU table (its BLAS threads made it slower on these small problems)
 OMP_NUM_THREADS=1 timeout "${TRANSFER_SECONDS:-200}" python3 bench_transfer.py --model_name_or_path "$MODEL" \
     --pooler avg --data_dir "$DATA_DIR" --cache_dir "$FEATURES_DIR" --mode test \
     --output_json "$OUT_DIR/bench_transfer_gpu.json" ${TRANSFER_ARGS:-} 2>&1 | tee "$OUT_DIR/transfer.log"
-echo "bench_transfer.py exit status: ${PIPESTATUS[0]}"
+transfer_status=${PIPESTATUS[0]}
+echo "bench_transfer.py exit status: $transfer_status"
+# both ran whatever happened to the other; the exit status says whether both succeeded
+[ "$bench_status" -eq 0 ] && [ "$transfer_status" -eq 0 ]

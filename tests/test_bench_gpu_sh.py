@@ -1,0 +1,40 @@
+"""bench_gpu.sh, both GPU benchmarks in one run, plumbed end to end on the CPU with a tiny model and tiny
+settings (the numbers mean nothing here; the GPU run is in the README)."""
+
+import json
+import os
+import subprocess
+
+from tests.conftest import REPO
+
+
+def test_runs_both_benchmarks_and_writes_their_results(tmp_path, tiny_bert, shared_data):
+    out = tmp_path / "out"
+    env = dict(os.environ, DATA_DIR=str(shared_data), MODEL=str(tiny_bert), OUT_DIR=str(out),
+               FEATURES_DIR=str(tmp_path / "features"), TRAIN_FILE=str(tmp_path / "absent.txt"),
+               BENCH_ARGS="--config minilm-l6 --cpu --steps 1 --warmup_steps 1 --batch_size 4 --variants default "
+                          "--skip sentence-transformers rr encode suite eval",
+               TRANSFER_ARGS="--tasks TREC --methods batched --mode fasttest")
+    proc = subprocess.run(["bash", str(REPO / "bench_gpu.sh")], capture_output=True, text=True, cwd=REPO, env=env,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "utils.bench exit status: 0" in proc.stdout and "bench_transfer.py exit status: 0" in proc.stdout
+    bench = json.loads((out / "bench_gpu_bert_base.json").read_text())
+    assert bench["train_file"] == "STS test sentences"  # TRAIN_FILE absent: the bench's default
+    assert bench["train"]["default"]["ms_per_step"] > 0
+    transfer = json.loads((out / "bench_transfer_gpu.json").read_text())
+    assert transfer["mode"] == "fasttest" and 0 <= transfer["results"]["batched"]["TREC"]["acc"] <= 100
+    assert (tmp_path / "features" / "TREC.npz").is_file()
+    assert {"gpu.txt", "bench.log", "transfer.log"} <= {p.name for p in out.iterdir()}
+
+
+def test_a_failing_benchmark_fails_the_script_after_the_other_ran(tmp_path, tiny_bert, shared_data):
+    out = tmp_path / "out"
+    env = dict(os.environ, DATA_DIR=str(shared_data), MODEL=str(tiny_bert), OUT_DIR=str(out),
+               FEATURES_DIR=str(tmp_path / "features"), BENCH_ARGS="--steps 0",  # rejected by the bench
+               TRANSFER_ARGS="--tasks TREC --methods batched --mode fasttest")
+    proc = subprocess.run(["bash", str(REPO / "bench_gpu.sh")], capture_output=True, text=True, cwd=REPO, env=env,
+                          timeout=600)
+    assert proc.returncode != 0
+    assert "utils.bench exit status: 2" in proc.stdout and "bench_transfer.py exit status: 0" in proc.stdout
+    assert "--steps" in (out / "bench.log").read_text()
