@@ -51,7 +51,7 @@ def parse_args(argv=None):
     p.add_argument("--probe_split", default="dev", choices=["train", "dev", "test"],
                    help="STS-B split whose sentences are the probe set (train.py's --probe_split)")
     p.add_argument("--energy_tau", type=number(float, 0, inclusive=False), default=0.9, help="energy_rank's tau")
-    p.add_argument("--batch_size", type=number(int, 1), default=128, help="sentences per encode batch")
+    p.add_argument("--batch_size", type=number(int, 1), default=128, help="sentences per encode batch (on a GPU: a budget of this x 64 tokens)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     args = p.parse_args(argv)
     if args.energy_tau > 1:

@@ -54,7 +54,7 @@ parser.add_argument("--data_dir", default="data", help="SentEval's data/ folder 
 parser.add_argument("--probing_dir", default=None, help="folder of SentEval's probing files (tr/va/te lines)")
 parser.add_argument("--seed", type=number(int, 0), default=1111,
                     help="classifiers: folds, held-out rows, initial weights, minibatch order (SentEval: 1111)")
-parser.add_argument("--batch_size", type=number(int, 1), default=128, help="sentences per encode batch")
+parser.add_argument("--batch_size", type=number(int, 1), default=128, help="sentences per encode batch (on a GPU: a budget of this x 64 tokens)")
 parser.add_argument("--max_seq_length", type=number(int, 2), default=None,
                     help="truncate inputs to this many tokens; default: the longest the encoder accepts")
 parser.add_argument("--output_json", default=None, help="also write the results here (default: print only)")

@@ -89,7 +89,7 @@ def parse_args(argv=None):
                         "--pad_to_max_length); off by default")
     # evaluation, logging, checkpoints
     p.add_argument("--eval_steps", type=number(int, 1), default=125, help="STS-B/SICK-R dev every N steps")
-    p.add_argument("--eval_batch_size", type=number(int, 1), default=128, help="sentences per encode batch")
+    p.add_argument("--eval_batch_size", type=number(int, 1), default=128, help="sentences per encode batch (on a GPU: a budget of this x 64 tokens)")
     p.add_argument("--logging_steps", type=number(int, 1), default=10, help="loss record every N steps")
     p.add_argument("--output_dir", required=True, help="metrics.jsonl, summary.json, best/, state/ go here")
     p.add_argument("--checkpointing_steps", type=number(int, 1), default=None,
