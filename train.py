@@ -193,7 +193,7 @@ def in_training_eval(model, tokenizer, data_dir, probe_sentences, probe_pairs, f
     model's evaluation pooler and one encode per sentence."""
     embed = EmbeddingCache(lambda s: encode(model, tokenizer, s, batch_size=batch_size, max_length=max_length,
                                             device=device))
-    # rank metrics on the model's device: a GPU's float64 Gram matrices and eigensolvers beat the host's
+    # rank metrics on the model's device: on a GPU its float64 matrix products replace the host's
     metrics = probe_metrics(embed(probe_sentences).to(device), probe_pairs, tau=energy_tau)
     if full:
         tasks = evaluate_sts(embed, data_dir, mode="dev")["tasks"]
