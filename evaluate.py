@@ -18,7 +18,8 @@ numbers (SentEval data and protocols, without SentEval).
 The pooler is --pooler if given, else the checkpoint's `config.sentence_pooler` (train.py's export
 writes it), else SimCSE's default `cls`. What is scored is defined in utils/sts.py (STS),
 utils/transfer.py and utils/probing.py (tasks), utils/classifier.py (the classifier protocols).
-Exit status: 0 done; 1 the model could not be loaded; 2 bad data (or a pooler this model lacks).
+Exit status: 0 done; 2 a bad input, said in one line `error: ...` (a flag, a data file, an output path, a
+model folder that cannot be loaded, a pooler this model lacks), before the model is loaded where possible.
 """
 
 import argparse
@@ -30,9 +31,9 @@ import torch
 
 from utils.classifier import CONFIGS
 from utils.cli import number
-from utils.data import DataError
-from utils.encode import EmbeddingCache, default_max_length, encode
-from utils.model import load_pretrained
+from utils.data import DataError, check_output_path
+from utils.encode import EmbeddingCache, default_max_length, encode, parse_device
+from utils.model import ModelLoadError, load_pretrained
 from utils.pooling import POOLERS, PooledEncoder
 from utils.probing import load_probing_tasks
 from utils.run_log import write_json_atomic
@@ -58,7 +59,7 @@ parser.add_argument("--batch_size", type=number(int, 1), default=128, help="sent
 parser.add_argument("--max_seq_length", type=number(int, 2), default=None,
                     help="truncate inputs to this many tokens; default: the longest the encoder accepts")
 parser.add_argument("--output_json", default=None, help="also write the results here (default: print only)")
-parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+parser.add_argument("--device", type=parse_device, default=None, help="cpu or cuda (default: cuda when available)")
 args = parser.parse_args()
 if args.task_set == "probing" and not args.probing_dir:
     parser.error("--task_set probing needs --probing_dir (the folder holding e.g. sentence_length.txt)")
@@ -73,8 +74,10 @@ def fail(message: str):
 
 
 # ----------------------------------------------------------------------------- data
-# Read before loading the model: a wrong --data_dir fails in a second, not after the model load.
+# Read before loading the model: a wrong --data_dir or --output_json fails in a second, not after the model.
 try:
+    if args.output_json:
+        check_output_path(args.output_json, "--output_json")
     tasks = load_sts_tasks(args.data_dir, "dev" if args.mode == "dev" else "test") if run_sts else None
     transfer_tasks = load_transfer_tasks(args.data_dir) if run_transfer else {}
     probing_tasks = load_probing_tasks(args.probing_dir) if run_probing else {}
@@ -82,7 +85,10 @@ except DataError as err:
     fail(str(err))
 
 # ----------------------------------------------------------------------------- model
-encoder, tokenizer = load_pretrained(args.model_name_or_path)  # SystemExit with a one-line reason
+try:
+    encoder, tokenizer = load_pretrained(args.model_name_or_path)
+except ModelLoadError as err:
+    fail(err.reason)
 if args.pooler:
     pooler, why = args.pooler, "--pooler"
 elif getattr(encoder.config, "sentence_pooler", None):
@@ -91,9 +97,7 @@ else:
     pooler, why = "cls", "SimCSE's default; no --pooler and no config.sentence_pooler"
 if pooler not in POOLERS:
     fail(f"{args.model_name_or_path}/config.json: sentence_pooler {pooler!r} is not one of {', '.join(POOLERS)}")
-device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-if device.type == "cuda" and not torch.cuda.is_available():
-    fail(f"--device {args.device}: no CUDA device is available here")
+device = args.device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
 model = PooledEncoder(encoder, pooler).to(device)
 max_length = args.max_seq_length or default_max_length(tokenizer, encoder.config)
 print(f"model {args.model_name_or_path} | pooler {pooler} ({why}) | max_seq_length {max_length} | {device}")

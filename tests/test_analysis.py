@@ -212,6 +212,31 @@ def test_step_0_with_an_evaluation_mlp_is_not_guessed(tmp_path):
     assert list_checkpoints(run) == [] and len(run["notes"]) == 2
 
 
+def test_unreadable_json_files_are_notes_not_errors(tmp_path):
+    run_dir = fake_run_dir(tmp_path)
+    summary = run_dir / "summary.json"
+    summary.write_text(summary.read_text()[:20])  # cut short by a kill or a full disk
+    (run_dir / "best" / "best_metrics.json").write_text("[20]")
+    run = load_run(str(run_dir))
+    assert run["status"] == "unfinished" and run["best_step"] is None and run["args"]["seed"] == 3  # a checkpoint's
+    assert any(n.startswith(f"{summary} is not valid JSON") for n in run["notes"])
+    assert any("best_metrics.json holds a JSON list" in n for n in run["notes"])
+
+
+def test_a_bad_middle_line_of_metrics_is_a_note_and_a_cut_last_line_is_skipped(tmp_path):
+    run_dir = fake_run_dir(tmp_path)
+    metrics = run_dir / "metrics.jsonl"
+    metrics.write_text(metrics.read_text() + '{"event": "eval", "st')  # a kill mid-line: skipped silently
+    assert [r["step"] for r in load_run(str(run_dir))["log"]] == [0]
+    assert not load_run(str(run_dir))["notes"]
+    lines = metrics.read_text().splitlines()
+    metrics.write_text("\n".join([lines[0], "garbage", *lines[1:]]) + "\n")
+    run = load_run(str(run_dir))
+    assert run["log"] == [] and run["status"] == "finished"
+    [note] = run["notes"]
+    assert "line 2 is not JSON" in note and "training log is left out" in note
+
+
 def test_a_folder_without_metrics_is_refused(tmp_path):
     with pytest.raises(FileNotFoundError, match="not a train.py output folder"):
         load_run(str(tmp_path))

@@ -60,26 +60,29 @@ def test_holdout_is_sentevals_validation_split():
 class Recorder:
     """A fitter that records its jobs and predicts the truth when `good(job)`, a wrong class otherwise."""
 
-    def __init__(self, y, n_classes, good=lambda job: True, all_at_once=True):
-        self.y, self.n_classes, self.good, self.all_at_once = y, n_classes, good, all_at_once
-        self.jobs = []
+    def __init__(self, y, n_classes, good=lambda job: True):
+        self.y, self.n_classes, self.good = y, n_classes, good
+        self.jobs, self.calls = [], []
 
     def __call__(self, X, y, n_classes, jobs, config, seed, device):
         self.jobs.extend(jobs)
+        self.calls.append(len(jobs))
         return [y[j.score] if self.good(j) else (y[j.score] + 1) % n_classes for j in jobs]
 
 
-@pytest.mark.parametrize("all_at_once", [True, False])
-def test_inner_kfold_has_no_leakage(all_at_once):
+def test_inner_kfold_has_no_leakage():
     X, y = blobs(200, classes=2)
-    rec = Recorder(y, 2, all_at_once=all_at_once)
+    rec = Recorder(y, 2)
     config = CONFIGS["fasttest"]
     result = inner_kfold(X, y, 2, config, fit=rec)
     k, regs = config.kfold, len(config.l2_grid)
     finals = [j for j in rec.jobs if len(j.score) > 0 and not np.array_equal(j.score, j.val)]
     inner = [j for j in rec.jobs if np.array_equal(j.score, j.val)]
     assert len(inner) == k * k * regs
-    assert len(finals) == (k * regs if all_at_once else k) and result["n_models"] == len(rec.jobs)
+    assert len(finals) == k and result["n_models"] == len(rec.jobs)
+    # the chosen final models are a batch of their own: in the cross-validation's, the shared minibatch
+    # would give them more rows a step than SentEval's batch_size (they train on more rows)
+    assert rec.calls == [k * k * regs, k]
     outer_tests = {tuple(j.score) for j in finals}
     assert len(outer_tests) == k and sorted(np.concatenate([np.array(t) for t in outer_tests])) == list(range(200))
     for j in inner:  # an inner model never learns from the rows it is scored on, nor from its outer test fold
@@ -108,7 +111,7 @@ def test_l2_search_picks_the_best_penalty_and_the_first_of_ties():
 
 def test_kfold_final_model_holds_out_five_percent_of_train():
     X, y = blobs(300, classes=2)
-    rec = Recorder(y, 2, all_at_once=False)
+    rec = Recorder(y, 2)
     kfold(X[:200], y[:200], X[200:], y[200:], 2, CONFIGS["test"], fit=rec)
     final = rec.jobs[-1]
     assert list(final.fit) == list(range(200)) and list(final.score) == list(range(200, 300))
@@ -120,7 +123,8 @@ def test_kfold_final_model_holds_out_five_percent_of_train():
 # ----------------------------------------------------------------------------- the batched trainer
 def sentevals_loop(X, y, n_classes, job, config, seed):
     """SentEval's PyTorchClassifier.fit for one job, written plainly (nn.Linear, torch.optim, autograd),
-    with train_batched's initial weights and minibatches (one model: the shared batch is its own)."""
+    with train_batched's initial weights and shuffles. Its minibatches are SentEval's `permutation[i:i +
+    batch_size]`: full ones, then the rest (train_batched's shared batch is one model's own batch here)."""
     gen = torch.Generator().manual_seed(seed)
     n, dim = X.shape
     start = (torch.rand(dim + 1, 1, n_classes, generator=gen) * 2 - 1) / math.sqrt(dim)
@@ -132,12 +136,11 @@ def sentevals_loop(X, y, n_classes, job, config, seed):
     optimizer = optim(model.parameters(), weight_decay=job.l2)
     X, y = torch.as_tensor(X), torch.as_tensor(y)
     train = torch.as_tensor(np.setdiff1d(job.fit, job.val))
-    steps = math.ceil(len(train) / config.batch_size)
     best, best_model, misses, nepoch = -1, None, 0, 0
     while nepoch <= config.max_epoch:
         for _ in range(config.epoch_size):
             order = train[torch.randperm(len(train), generator=gen)]
-            for rows in order.tensor_split(steps):
+            for rows in order.split(config.batch_size):
                 loss = torch.nn.functional.cross_entropy(model(X[rows]), y[rows])
                 optimizer.zero_grad()
                 loss.backward()
@@ -159,7 +162,7 @@ def sentevals_loop(X, y, n_classes, job, config, seed):
 def test_batched_trainer_matches_sentevals_loop(optim):
     X, y = blobs(240, dim=6, classes=3, seed=1, noise=2.0)
     config = ClassifierConfig(kfold=5, optim=optim, batch_size=32, tenacity=3, epoch_size=2, max_epoch=30)
-    train, dev, test = np.arange(160), np.arange(160, 200), np.arange(200, 240)
+    train, dev, test = np.arange(150), np.arange(150, 200), np.arange(200, 240)  # 150 = 4 x 32 + 22
     jobs = [Job(train, dev, l2, np.concatenate([dev, test])) for l2 in (1e-5, 1e-2, 0.5)]
     batched = train_batched(X, y, 3, jobs, config, seed=7, device="cpu")
     stopped_at = set()
@@ -186,3 +189,5 @@ def test_sklearn_and_batched_agree_on_separable_blobs():
     ours = kfold(X[:300], y[:300], X[300:], y[300:], 3, CONFIGS["fasttest"], seed=0)
     ref = kfold(X[:300], y[:300], X[300:], y[300:], 3, CONFIGS["fasttest"], seed=0, fit=fit_sklearn)
     assert abs(ours["acc"] - ref["acc"]) <= 3.0
+    # both train the chosen L2's final model only, after the cross-validation (SentEval's order)
+    assert ours["n_models"] == ref["n_models"] == len(CONFIGS["fasttest"].l2_grid) * CONFIGS["fasttest"].kfold + 1

@@ -68,3 +68,69 @@ def test_batches_pad_and_refuse_tiny_files():
     assert batches(0)["input_ids"].shape == (2, 5)
     with pytest.raises(DataError, match="fewer than one global batch"):
         SentenceBatches(["a", "b", "c"], WhitespaceTokenizer(), 2, 5, seed=0, num_processes=2)
+
+
+def test_lines_with_no_printable_text_are_skipped_and_counted(tmp_path, capsys):
+    f = tmp_path / "t.txt"
+    f.write_bytes("first\n\x00\x00\x00\nsecond \x00 with a NUL\n\x01\x7f\t\u200b\n\nthird\n".encode())
+    assert read_sentences(str(f)) == ["first", "second \x00 with a NUL", "third"]
+    assert capsys.readouterr().err == f"note: --train_file {f}: skipped 2 lines with no printable text\n"
+    f.write_bytes(b"\x00\n\x00\x00\n")
+    with pytest.raises(DataError, match="holds no printable text"):
+        read_sentences(str(f))
+
+
+def test_ordinary_files_get_no_note(tmp_path, capsys):
+    f = tmp_path / "t.txt"
+    f.write_text("caf\u00e9 au lait\r\n\u4e2d\u6587\tand tabs\r\n")
+    assert read_sentences(str(f)) == ["caf\u00e9 au lait", "\u4e2d\u6587\tand tabs"]
+    assert capsys.readouterr().err == ""
+
+
+def test_bare_cr_line_endings_are_split_with_a_note(tmp_path, capsys):
+    f = tmp_path / "mac.txt"
+    f.write_bytes(b"one sentence\rtwo sentences\r\rthree\r")
+    assert read_sentences(str(f), flag="--x") == ["one sentence", "two sentences", "three"]
+    assert capsys.readouterr().err == f"note: --x {f}: its line endings are bare CR (old Mac): read as 3 lines\n"
+    f.write_bytes(b"a lone\r carriage return\nis kept inside its line\n")  # any \n: lines end at \n only
+    assert read_sentences(str(f)) == ["a lone\r carriage return", "is kept inside its line"]
+
+
+class RecordingTokenizer(WhitespaceTokenizer):
+    def __init__(self):
+        self.longest = 0
+
+    def __call__(self, texts, **kwargs):
+        self.longest = max(self.longest, *map(len, texts))
+        return super().__call__(texts, **kwargs)
+
+
+def test_batches_cut_long_lines_before_tokenizing():
+    from utils.data import CHARS_PER_TOKEN
+
+    tokenizer = RecordingTokenizer()
+    batches = SentenceBatches(["word " * 4_000_000, "a bb"], tokenizer, 2, 8, seed=0)  # a 20 MB line
+    assert batches(0)["input_ids"].shape == (2, 8)
+    assert tokenizer.longest == 8 * CHARS_PER_TOKEN
+
+
+def test_long_line_cut_keeps_real_tokens(tiny_bert, tiny_roberta, corpus):
+    """Normal lines give the tokens of the uncut text; a 20 MB line is fast and gives max_length tokens."""
+    import time
+
+    from transformers import AutoTokenizer
+
+    lines = corpus.read_text().split("\n")[:64]
+    lines[3] = " ".join(lines[:40]) * 5  # longer than the budget, text all the way
+    for path in (tiny_bert, tiny_roberta):
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        batches = SentenceBatches(lines, tokenizer, 64, 32, seed=0)
+        rows = batches.indices(0)
+        full = tokenizer([lines[i] for i in rows], padding="longest", truncation=True, max_length=32,
+                         return_tensors="pt")
+        got = batches(0)
+        assert len(lines[3]) > 32 * 64 and got.keys() == full.keys()
+        assert all(torch.equal(got[k], full[k]) for k in got)
+        start = time.perf_counter()
+        huge = SentenceBatches(["a man is playing guitar . " * 800_000], tokenizer, 1, 32, seed=0)(0)
+        assert time.perf_counter() - start < 2.0 and huge["attention_mask"].sum() == 32

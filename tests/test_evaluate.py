@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from tests.conftest import REPO, make_tiny_model
 from tests.test_sts import make_fake_senteval
@@ -92,3 +93,45 @@ def test_minilm_matches_pinned_scores(minilm, shared_data, tmp_path):
     assert proc.returncode == 0, proc.stderr
     scores = json.loads(out.read_text())["scores"]
     assert scores == pytest.approx(MINILM_AVG_TEST, abs=0.05)
+
+
+def one_error_line(proc) -> str:
+    """The run's one `error: ...` line (exit status 2, no traceback)."""
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    [line] = [line for line in proc.stderr.splitlines() if "error: " in line]
+    return line
+
+
+@pytest.mark.parametrize("damage, needle", [("tokenizer", "its tokenizer has 5 tokens"),
+                                            ("weights", "model.safetensors (--model_name_or_path) cannot be read")])
+def test_a_broken_model_folder_is_one_error_line(tiny_bert, data, tmp_path, damage, needle):
+    import shutil
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_bert, folder)
+    if damage == "tokenizer":  # transformers would build a 5-token tokenizer: every word [UNK]
+        for f in folder.glob("tokenizer*"):
+            f.unlink()
+    else:
+        weights = folder / "model.safetensors"
+        weights.write_bytes(weights.read_bytes()[:1000])
+    line = one_error_line(run("--model_name_or_path", folder, "--mode", "dev", "--data_dir", data))
+    assert line.startswith("error: ") and str(folder) in line and needle in line and "--model_name_or_path" in line
+
+
+@pytest.mark.parametrize("where", ["folder", "under a file"])
+def test_bad_output_json_fails_before_the_model_is_loaded(data, tmp_path, where):
+    (tmp_path / "file.json").write_text("{}")
+    out = tmp_path if where == "folder" else tmp_path / "file.json" / "sts.json"
+    # a missing model: were the model loaded first, its error would come instead
+    line = one_error_line(run("--model_name_or_path", tmp_path / "no-model", "--mode", "dev", "--data_dir", data,
+                              "--output_json", out))
+    assert line.startswith(f"error: --output_json {out}") and "file" in line
+    assert not list(tmp_path.rglob("*.tmp")) and (tmp_path / "file.json").read_text() == "{}"
+
+
+@pytest.mark.parametrize("device", ["gpu", "cuda:x", "meta"] + ([] if torch.cuda.is_available() else ["cuda"]))
+def test_bad_device_is_one_error_line(data, tmp_path, device):
+    line = one_error_line(run("--model_name_or_path", tmp_path / "no-model", "--data_dir", data, "--device", device))
+    assert "argument --device" in line and device in line

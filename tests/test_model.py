@@ -64,3 +64,58 @@ def test_poolers_without_a_sentence_transformers_equivalent_get_no_modules_json(
 def test_missing_model_is_one_clear_error(tmp_path):
     with pytest.raises(SystemExit, match="could not load the model .*--model_name_or_path"):
         load_pretrained(str(tmp_path / "no-such-model"))
+
+
+def copy_model(src, dst, files=None):
+    import shutil
+
+    dst.mkdir(parents=True)
+    for f in src.iterdir():
+        if f.is_file() and (files is None or f.name in files):
+            shutil.copy(f, dst / f.name)
+    return dst
+
+
+def test_folder_without_tokenizer_files_is_refused_before_the_weights_are_read(tiny_bert, tmp_path):
+    from utils.model import ModelLoadError
+
+    folder = copy_model(tiny_bert, tmp_path / "no-tokenizer", {"config.json", "model.safetensors"})
+    (folder / "model.safetensors").write_bytes(b"not read")  # the tokenizer check comes first
+    with pytest.raises(ModelLoadError) as err:
+        load_pretrained(str(folder))
+    reason = err.value.reason
+    assert str(folder) in reason and "--model_name_or_path" in reason and "tokenizer has 5 tokens" in reason
+    assert "\n" not in reason and str(err.value) == f"error: {reason}"
+
+
+def test_real_and_tiny_tokenizers_fit_their_models(minilm, tiny_bert, tiny_roberta):
+    from transformers import AutoConfig, AutoTokenizer
+
+    from utils.model import check_tokenizer_fits
+
+    for path in (minilm, tiny_bert, tiny_roberta):
+        check_tokenizer_fits(AutoTokenizer.from_pretrained(path), AutoConfig.from_pretrained(path), str(path))
+
+
+def test_tokenizer_with_ids_beyond_the_embeddings_is_refused(tiny_bert):
+    from transformers import AutoConfig, AutoTokenizer
+
+    from utils.model import ModelLoadError, check_tokenizer_fits
+
+    config, tokenizer = AutoConfig.from_pretrained(tiny_bert), AutoTokenizer.from_pretrained(tiny_bert)
+    tokenizer.add_tokens(["newword"])
+    with pytest.raises(ModelLoadError, match=f"{len(tokenizer)} tokens but the model embeds {config.vocab_size}"):
+        check_tokenizer_fits(tokenizer, config, str(tiny_bert))
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage"])
+def test_corrupt_safetensors_is_one_clear_error_naming_the_file(tiny_bert, tmp_path, damage):
+    from utils.model import ModelLoadError
+
+    folder = copy_model(tiny_bert, tmp_path / "corrupt")
+    weights = folder / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2] if damage == "truncated" else b"\x01" * 100)
+    with pytest.raises(ModelLoadError) as err:
+        load_pretrained(str(folder), flag="--runs")
+    assert f"{weights} (--runs) cannot be read" in err.value.reason and "\n" not in err.value.reason

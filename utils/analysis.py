@@ -22,16 +22,28 @@ from utils.run_log import MetricsLog
 MIN_POINTS = 4  # fewer checkpoints than this in a phase: no correlation is reported
 # Run arguments that do not define a configuration: which seed, where it went, how it was restarted.
 NOT_CONFIG = ("seed", "output_dir", "resume_from_checkpoint")
+# train.py's Rank Reduction settings: left out of a baseline's label (rank_reduction 0), where they do nothing
+RR_ONLY = ("rr_on", "rr_start", "rr_schedule", "rr_decay_steps", "rr_patience")
 
 
 # ----------------------------------------------------------------------------- runs on disk
 
 
-def _read_json(path):
+def _read_json(path, notes: list):
+    """The JSON object in `path`; None if there is no such file, or (with a note) if it is not one, e.g.
+    cut short by a kill or a full disk: the run is then read as if the file were missing."""
     if not os.path.isfile(path):
         return None
-    with open(path) as f:
-        return json.load(f)
+    try:
+        with open(path, "rb") as f:
+            obj = json.load(f)
+    except ValueError as err:  # JSONDecodeError, UnicodeDecodeError
+        notes.append(f"{path} is not valid JSON ({err}): read as missing")
+        return None
+    if not isinstance(obj, dict):
+        notes.append(f"{path} holds a JSON {type(obj).__name__}, not an object: read as missing")
+        return None
+    return obj
 
 
 def eval_pooler_of(args: dict) -> str:
@@ -49,17 +61,25 @@ def load_run(run_dir: str) -> dict:
     "seed", "eval_pooler", "best_step" (best/best_metrics.json), "log_peak" (summary's offline peak of the
     training log, or None), "sts_test" (the avg of run.sh's sts_test.json of best/, or None), "log" (the
     eval and rank records of metrics.jsonl), "checkpoints" (see `list_checkpoints`), "notes"}.
-    Raises FileNotFoundError where `run_dir` is no train.py output folder.
+    A JSON file that cannot be read is taken as missing, and metrics.jsonl with a bad line other than a
+    cut last one as empty, each with a note. Raises FileNotFoundError where `run_dir` is no train.py
+    output folder.
     """
     if not os.path.isfile(os.path.join(run_dir, "metrics.jsonl")):
         raise FileNotFoundError(f"{run_dir}: not a train.py output folder (no metrics.jsonl)")
-    summary = _read_json(os.path.join(run_dir, "summary.json"))
+    notes = []
+    summary = _read_json(os.path.join(run_dir, "summary.json"), notes)
     exports = export_dirs(os.path.join(run_dir, "checkpoints"))
     args = summary["args"] if summary else None
     if args is None and exports:
-        args = (_read_json(os.path.join(exports[0][1], "checkpoint.json")) or {}).get("args")
-    best = _read_json(os.path.join(run_dir, "best", "best_metrics.json"))
-    sts_test = _read_json(os.path.join(run_dir, "sts_test.json"))
+        args = (_read_json(os.path.join(exports[0][1], "checkpoint.json"), notes) or {}).get("args")
+    best = _read_json(os.path.join(run_dir, "best", "best_metrics.json"), notes)
+    sts_test = _read_json(os.path.join(run_dir, "sts_test.json"), notes)
+    try:  # MetricsLog.read skips a last line cut by a kill (train.py resumes after it) but no other bad line
+        log = MetricsLog(os.path.join(run_dir, "metrics.jsonl")).read()
+    except ValueError as err:
+        notes.append(f"{err}: the training log is left out (no log correlations for this run)")
+        log = []
     run = {
         "name": os.path.basename(os.path.normpath(run_dir)),
         "dir": run_dir,
@@ -70,9 +90,8 @@ def load_run(run_dir: str) -> dict:
         "best_step": best["step"] if best else None,
         "log_peak": summary["rank"]["offline_peak"] if summary else None,
         "sts_test": sts_test.get("avg") if sts_test else None,
-        "log": [r for r in MetricsLog(os.path.join(run_dir, "metrics.jsonl")).read()
-                if r.get("event") in ("eval", "rank")],
-        "notes": [],
+        "log": [r for r in log if r.get("event") in ("eval", "rank")],
+        "notes": notes,
     }
     run["checkpoints"] = list_checkpoints(run, exports)
     return run
@@ -89,7 +108,7 @@ def list_checkpoints(run: dict, exports=None) -> list[dict]:
     found = {step: {"step": step, "path": path, "pooler": None, "source": os.path.relpath(path, run_dir)}
              for step, path in exports}
     for folder, marker in (("best", "best_metrics.json"), ("peak", "peak_step.json")):
-        info = _read_json(os.path.join(run_dir, folder, marker))
+        info = _read_json(os.path.join(run_dir, folder, marker), run["notes"])
         if info is not None and info["step"] not in found:
             found[info["step"]] = {"step": info["step"], "path": os.path.join(run_dir, folder), "pooler": None,
                                    "source": folder}
@@ -251,7 +270,9 @@ def group_runs(runs) -> list[dict]:
         group["differs"] = {k: config.get(k) for k in differing}
         weight = config.get("rank_reduction", 0) or 0
         parts = ["baseline" if weight == 0 else f"RR λ={weight:g}"]
-        parts += [f"{k}={config.get(k)}" for k in differing if k != "rank_reduction"]
+        parts += [f"{k}={config.get(k)}" for k in differing if k != "rank_reduction"
+                  and not (k in RR_ONLY and weight == 0)  # RR's settings mean nothing without RR
+                  and not (k == "rr_schedule" and config.get(k) == "constant")]
         group["label"] = ", ".join(parts)
     labels = [g["label"] for g in groups]
     for i, group in enumerate(groups):  # same label, different config (an arg outside the label differs)

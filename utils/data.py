@@ -1,4 +1,4 @@
-"""Training text and its batches.
+"""Training text and its batches; checks of input and output paths whose errors name the flag.
 
 The order of training examples is a pure function of (seed, epoch, step): a resumed run needs only the
 step to continue on the exact next batch, and N processes together see the same global batches as one
@@ -6,8 +6,12 @@ process would (each takes its slice), so the loss does not depend on the process
 """
 
 import os
+import sys
 
 import torch
+
+
+CHARS_PER_TOKEN = 64  # SentenceBatches' cut before tokenizing: 10x the widest tokens of real text
 
 
 class DataError(ValueError):
@@ -34,17 +38,55 @@ def read_text(path: str, prefix: str = "") -> str:
         ) from None
 
 
-def read_sentences(path: str, flag: str = "--train_file") -> list[str]:
-    """One sentence per line, surrounding white space stripped, blank lines skipped."""
+def check_output_path(path: str, flag: str, folder: bool = False) -> None:
+    """Raise DataError unless `path` can be written later: a file (or, with `folder`, a folder, made
+    with its parents if missing). Checked before the work so that a bad path costs a second, not a run;
+    nothing is created."""
+    want = "folder" if folder else "file"
+    if not path:
+        raise DataError(f"{flag} is empty; it must name a {want}")
+    if os.path.isdir(path) != folder and os.path.exists(path):
+        raise DataError(f"{flag} {path} is a {'file' if folder else 'folder'}; it must name a {want}")
+    parent = os.path.abspath(path if folder and os.path.isdir(path) else os.path.dirname(os.path.abspath(path)))
+    while not os.path.exists(parent):  # the folders the script will make
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise DataError(f"{flag} {path}: {parent} is a file, so no {want} can be made under it")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise DataError(f"{flag} {path}: the folder {parent} is not writable")
+
+
+def read_sentences(path: str, flag: str = "--train_file", note=None) -> list[str]:
+    """One sentence per line, surrounding white space stripped, blank lines skipped.
+
+    Lines end at "\\n" (a "\\r" before it is white space and stripped). A file with bare "\\r" line
+    endings (old Mac) and no "\\n" at all is split at "\\r", as Python's own universal newlines read it,
+    rather than taken as one sentence. Lines with no printable text (only NUL, other control or format
+    characters, white space) are skipped like blank lines: they would tokenize to [CLS] [SEP] alone.
+    Both are said in one line each through `note` (default: printed to stderr).
+    """
     if os.path.isdir(path):
         raise DataError(f"{flag} {path} is a folder; it must be a text file, one sentence per line")
-    text = read_text(path, prefix=f"{flag} ")
-    sentences = [s.strip() for s in text.lstrip("\ufeff").split("\n")]
-    sentences = [s for s in sentences if s]
+    text = read_text(path, prefix=f"{flag} ").lstrip("\ufeff")
+    note = note or (lambda message: print(message, file=sys.stderr))
+    bare_cr = "\n" not in text and "\r" in text.strip()
+    lines = [s.strip() for s in text.split("\r" if bare_cr else "\n")]
+    sentences = [s for s in lines if s and _has_text(s)]
+    if bare_cr:
+        note(f"note: {flag} {path}: its line endings are bare CR (old Mac): read as {len(sentences)} lines")
+    unprintable = sum(1 for s in lines if s) - len(sentences)
+    if unprintable:
+        note(f"note: {flag} {path}: skipped {unprintable} lines with no printable text")
     if not sentences:
-        what = "is empty" if not text else "holds only blank lines"
+        what = "is empty" if not text else "holds only blank lines" if not unprintable else "holds no printable text"
         raise DataError(f"{flag} {path} {what}: it needs one training sentence per line")
     return sentences
+
+
+def _has_text(line: str) -> bool:
+    """Some character that is neither white space nor one str.isprintable rejects (control, format,
+    private-use, unassigned: BERT's tokenizer drops most of them). The common case, all printable, is one call."""
+    return line.isprintable() or any(c.isprintable() and not c.isspace() for c in line)
 
 
 def epoch_order(num_examples: int, seed: int, epoch: int) -> torch.Tensor:
@@ -90,6 +132,12 @@ class SentenceBatches:
 
     def __call__(self, step: int) -> dict:
         """Tokenized shard of global step `step`: input_ids, attention_mask (, token_type_ids)."""
-        texts = [self.sentences[i] for i in self.indices(step)]
+        # Tokenizers read the whole text before truncating (a 20 MB line: 3.6 GB, 24 s), so lines are cut
+        # at CHARS_PER_TOKEN characters a token first. A line within that budget is passed whole (tokens
+        # unchanged); a longer one keeps its first max_length tokens unless its first `budget` characters
+        # hold fewer, over CHARS_PER_TOKEN characters a token: long runs of white space or of characters
+        # the tokenizer drops, not text (wiki1m's first 32 MiniLM tokens span at most 211 characters).
+        budget = self.max_length * CHARS_PER_TOKEN
+        texts = [self.sentences[i][:budget] for i in self.indices(step)]
         return dict(self.tokenizer(texts, padding=self.padding, truncation=True,
                                    max_length=self.max_length, return_tensors="pt"))

@@ -8,6 +8,7 @@ memory, and the embeddings stay on the device until the end, so the host never w
 prepares the next batch while the GPU runs this one.
 """
 
+import argparse
 import contextlib
 import itertools
 
@@ -26,6 +27,25 @@ def default_max_length(tokenizer, config) -> int:
         if getattr(config, "model_type", "") in ("roberta", "xlm-roberta", "camembert"):
             limit -= 2  # RoBERTa's positions start after the padding index
     return int(limit)
+
+
+def parse_device(text: str) -> torch.device:
+    """argparse `type=` for --device: cpu, cuda or cuda:N, where that GPU exists; so a typo ("gpu") or a
+    missing GPU fails with the flag named before anything is loaded."""
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f"not a device: {text!r}; use cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda"):
+        raise argparse.ArgumentTypeError(f"{text!r}: this script runs on cpu or cuda only")
+    if device.type == "cuda":
+        count = torch.cuda.device_count()
+        if count == 0:
+            raise argparse.ArgumentTypeError(f"{text}: no CUDA device is available here")
+        if device.index is not None and device.index >= count:
+            raise argparse.ArgumentTypeError(f"{text}: this machine has {count} CUDA device(s), cuda:0 to "
+                                             f"cuda:{count - 1}")
+    return device
 
 
 def autocast_for(device: torch.device):

@@ -14,23 +14,86 @@ from torch import nn
 from utils.pooling import POOLERS, encoder_outputs, pool
 
 
-def load_pretrained(name_or_path: str):
+class ModelLoadError(SystemExit):
+    """A model that cannot be loaded. Left uncaught it ends the program as SystemExit(message) does (the
+    message on stderr, status 1); the scripts catch it and exit 2 with `error: {reason}`, as for any bad
+    input, and analyze_rank.py turns it into a note on the one checkpoint."""
+
+    def __init__(self, reason: str):
+        super().__init__(f"error: {reason}")
+        self.reason = reason
+
+
+def load_pretrained(name_or_path: str, flag: str = "--model_name_or_path"):
     """(encoder, tokenizer) from a hub name or a local folder, weights in float32.
 
     Mixed precision is accelerate's job (autocast); weights stay float32 so optimizer updates are exact.
+    Raises ModelLoadError naming `name_or_path` (and `flag`) when the config, tokenizer or weights cannot
+    be read, or the tokenizer cannot be the model's (checked before the weights are read).
     """
-    from transformers import AutoModel, AutoTokenizer
+    from safetensors import SafetensorError
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
 
     try:
+        config = AutoConfig.from_pretrained(name_or_path)
         tokenizer = AutoTokenizer.from_pretrained(name_or_path)
-        encoder = AutoModel.from_pretrained(name_or_path, dtype=torch.float32)
     except (OSError, ValueError) as err:
-        raise SystemExit(
-            f"error: could not load the model {name_or_path!r} (--model_name_or_path): {err}\n"
-            "Pass a local folder holding config.json, the weights and the tokenizer, or a hub name "
-            "on a machine that can reach the Hugging Face hub."
-        ) from None
+        raise _load_error(name_or_path, flag, err) from None
+    check_tokenizer_fits(tokenizer, config, name_or_path, flag)
+    try:
+        encoder = AutoModel.from_pretrained(name_or_path, config=config, dtype=torch.float32)
+    except (OSError, ValueError) as err:
+        raise _load_error(name_or_path, flag, err) from None
+    except SafetensorError as err:  # a truncated or corrupted download or copy
+        raise ModelLoadError(f"{_bad_safetensors(name_or_path)} ({flag}) cannot be read: {err}; the file is "
+                             "truncated or corrupted: copy or download it again") from None
     return encoder, tokenizer
+
+
+def _load_error(name_or_path, flag, err) -> ModelLoadError:
+    reason = " ".join(str(err).split()).rstrip(".")  # one line: transformers' messages run over several
+    return ModelLoadError(f"could not load the model {name_or_path!r} ({flag}): {reason}. Pass a local folder "
+                          "holding config.json, the weights and the tokenizer, or a hub name on a machine "
+                          "that can reach the Hugging Face hub.")
+
+
+def _bad_safetensors(name_or_path) -> str:
+    """The first unreadable *.safetensors file of a local folder (a sharded model has several), else the
+    folder or hub name itself."""
+    from safetensors import safe_open
+
+    if os.path.isdir(name_or_path):
+        for name in sorted(os.listdir(name_or_path)):
+            path = os.path.join(name_or_path, name)
+            if name.endswith(".safetensors"):
+                try:
+                    with safe_open(path, "pt"):
+                        pass
+                except Exception:  # SafetensorError or OSError: this is the culprit either way
+                    return path
+    return name_or_path
+
+
+def check_tokenizer_fits(tokenizer, config, name_or_path, flag: str = "--model_name_or_path") -> None:
+    """Raise ModelLoadError when `tokenizer` cannot be the one `config`'s model was trained with.
+
+    The input-embedding matrix has a row for every id of the model's own tokenizer, sometimes a few
+    more (rounded up to a multiple of 8-128 for speed, or spare rows: T5 32,100 tokens / 32,128 rows,
+    OPT 50,265 / 50,272), never twice as many. A folder without tokenizer files makes transformers build
+    a tokenizer of its 5 special tokens against a 30,522-row BERT: every word becomes [UNK], and
+    training "works" to garbage. So fewer tokens than half the rows means a missing or foreign tokenizer;
+    more tokens than rows means ids with no embedding (an index error at the first such token).
+    """
+    rows = getattr(config, "vocab_size", None)
+    if not rows:
+        return
+    tokens = len(tokenizer)
+    if tokens < rows / 2 or tokens > rows:
+        raise ModelLoadError(
+            f"{name_or_path} ({flag}): its tokenizer has {tokens} tokens but the model embeds {rows}: "
+            + ("the tokenizer files (tokenizer.json, vocab.txt, ...) are missing or belong to another model; "
+               "copy them from the model this one was trained from" if tokens < rows / 2 else
+               "ids beyond the embedding matrix cannot be encoded; use the tokenizer this model was trained with"))
 
 
 class MLPLayer(nn.Module):

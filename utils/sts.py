@@ -114,24 +114,43 @@ def _read_columns(path: str, data_dir, s1_col: int, s2_col: int, score_col: int,
     return s1, s2, np.array(gold)
 
 
+def task_file(data_dir, task: str, split: str) -> str:
+    """The file of STSBenchmark's or SICKRelatedness's `split` in a SentEval data/ folder."""
+    if task == "STSBenchmark":
+        return os.path.join(data_dir, "downstream", "STS", "STSBenchmark", f"sts-{split}.csv")
+    return os.path.join(data_dir, "downstream", "SICK", SICK_FILES[split])
+
+
 def read_stsb(data_dir, split: str):
     """(s1, s2, gold) of STSBenchmark/sts-{split}.csv: genre, file, year, id, score, s1, s2."""
-    path = os.path.join(data_dir, "downstream", "STS", "STSBenchmark", f"sts-{split}.csv")
-    return _read_columns(path, data_dir, 5, 6, 4, header=False)
+    return _read_columns(task_file(data_dir, "STSBenchmark", split), data_dir, 5, 6, 4, header=False)
 
 
 def read_sick(data_dir, split: str):
     """(s1, s2, gold) of SICK: pair_ID, sentence_A, sentence_B, relatedness_score, ...; 'dev' = trial."""
-    path = os.path.join(data_dir, "downstream", "SICK", SICK_FILES[split])
-    return _read_columns(path, data_dir, 1, 2, 3, header=True)
+    return _read_columns(task_file(data_dir, "SICKRelatedness", split), data_dir, 1, 2, 3, header=True)
 
 
-def load_sts_tasks(data_dir, mode: str = "test") -> dict:
-    """{task: {subset: (s1, s2, gold)}} for the tasks of `mode`; STS-B / SICK-R have one subset, the split."""
+MIN_PAIRS = 10  # a Spearman over fewer pairs says next to nothing, and over none it is NaN
+
+
+def check_dev_pairs(tasks: dict, data_dir, min_pairs: int = MIN_PAIRS) -> None:
+    """Raise DataError where STS-B dev or SICK-R trial (load_sts_tasks(data_dir, "dev")) holds fewer than
+    `min_pairs` scored pairs: training would select its checkpoints on noise, or on NaN."""
+    for task, subsets in tasks.items():
+        for split, (_, _, gold) in subsets.items():
+            if len(gold) < min_pairs:
+                raise DataError(f"{task_file(data_dir, task, split)}: {len(gold)} scored pairs; the in-training "
+                                f"evaluation needs at least {min_pairs}")
+
+
+def load_sts_tasks(data_dir, mode: str = "test", flag: str = "--data_dir") -> dict:
+    """{task: {subset: (s1, s2, gold)}} for the tasks of `mode`; STS-B / SICK-R have one subset, the split.
+    `flag`: the caller's name for `data_dir`, in the message when it lacks downstream/."""
     if mode not in MODE_TASKS:
         raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODE_TASKS)}")
     if not os.path.isdir(os.path.join(data_dir, "downstream")):
-        raise _data_error(data_dir, f"{os.path.join(data_dir, 'downstream')}: no such folder (--data_dir is "
+        raise _data_error(data_dir, f"{os.path.join(data_dir, 'downstream')}: no such folder ({flag} is "
                                     "SentEval's data/ folder, the one holding downstream/)")
     tasks = {}
     for task in MODE_TASKS[mode]:
