@@ -27,6 +27,8 @@ exports for analyze_rank.py, with --save_steps).
 """
 
 import argparse
+import errno
+import importlib.util
 import math
 import os
 import sys
@@ -35,16 +37,19 @@ import time
 import torch
 
 from utils.checkpoint import atomic_dir, export_dir_name, publish_dir, recover_dir, state_dir_name, state_dirs
-from utils.cli import number
-from utils.data import DataError, SentenceBatches, read_sentences
+from utils.cli import number, seed_number
+from utils.data import DataError, SentenceBatches, check_output_path, read_sentences
 from utils.encode import EmbeddingCache, default_max_length, encode
 from utils.loss import contrastive_loss
-from utils.model import SimCSEModel, load_pretrained
+from utils.model import ModelLoadError, SimCSEModel, load_pretrained
 from utils.phase import PeakCheckpoint, PeakDetector, describe_peak, offline_peak
 from utils.pooling import POOLERS
 from utils.rank import RANK_METRICS, probe_metrics, stsb_probe, vne_penalty
+from utils.rr_schedule import SCHEDULES, RRSchedule
+from utils.run_folder import (FolderLock, RunFolderError, check_state, compare_args, mark_state, new_run, read_run,
+                              resumable_states)
 from utils.run_log import MetricsLog, versions, write_json_atomic
-from utils.sts import evaluate_sts, load_sts_tasks
+from utils.sts import check_dev_pairs, load_sts_tasks, score_sts
 from utils.unpad import unsupported_reason
 
 
@@ -76,7 +81,9 @@ def parse_args(argv=None):
                    choices=["linear", "cosine", "constant", "constant_with_warmup"],
                    help="learning-rate schedule over the total steps (transformers' get_scheduler)")
     p.add_argument("--warmup_steps", type=number(int, 0), default=0, help="linear warm-up steps")
-    p.add_argument("--seed", type=int, default=42, help="seeds the MLP init, dropout and the data order")
+    p.add_argument("--max_grad_norm", type=number(float, 0), default=1.0,
+                   help="clip the gradient norm to this (the HF Trainer's default, which SimCSE trains with); 0 = off")
+    p.add_argument("--seed", type=seed_number, default=42, help="seeds the MLP init, dropout and the data order")
     p.add_argument("--mixed_precision", default="no", choices=["no", "fp16", "bf16"],
                    help="autocast through accelerate; weights and optimizer stay float32")
     p.add_argument("--cpu", action="store_true", help="train on the CPU even where a GPU exists")
@@ -125,6 +132,14 @@ def parse_args(argv=None):
                    help="RR on the training embedding (after the MLP) or on the encoder's pooled output")
     p.add_argument("--rr_start", default="0", choices=["0", "peak"],
                    help="RR from step 0, or from the detected rank peak on")
+    p.add_argument("--rr_schedule", default="constant", choices=SCHEDULES,
+                   help="lambda over training (utils/rr_schedule.py): constant; linear or cosine decay to 0 over "
+                        "--rr_decay_steps; plateau: constant until STS-B dev stops improving, then off")
+    p.add_argument("--rr_decay_steps", type=number(int, 0), default=None,
+                   help="linear/cosine: steps from RR's start to lambda = 0 (None: to the last step); "
+                        "plateau: steps of the linear decay once STS-B dev stalls (None or 0: off at once)")
+    p.add_argument("--rr_patience", type=number(int, 1), default=2,
+                   help="plateau: evaluations (every --eval_steps) without a new best STS-B dev before lambda decays")
     p.add_argument("--report_to", default="none", choices=["none", "tensorboard", "wandb", "all"],
                    help="also send the records to these trackers (accelerate; logs under OUTPUT_DIR)")
     args = p.parse_args(argv)
@@ -150,12 +165,14 @@ def make_optimizer(model, lr: float, weight_decay: float, device) -> torch.optim
 
 
 def train_step(model, optimizer, scheduler, accelerator, batch, temp: float, rr_weight: float = 0.0,
-               rr_on: str = "mlp"):
+               rr_on: str = "mlp", max_grad_norm: float = 0.0):
     """One optimizer step of unsupervised SimCSE (+ Rank Reduction when rr_weight > 0) on a tokenized batch.
 
-    Returns (terms, finite): terms = the detached (loss, InfoNCE, VNE), averaged over processes, left on
-    the device; finite = whether the loss was finite (when not, no update is made). The one value the
-    host waits for is that flag, and only once the backward pass is queued, so a GPU never runs dry.
+    Returns (terms, finite): terms = the detached (loss, InfoNCE, VNE, gradient norm before clipping), the
+    first three averaged over processes, left on the device; finite = whether the loss and the gradient
+    norm were finite (when not, no update is made: a finite loss can still overflow the gradients, and
+    one inf would put inf into Adam's second moments for good). The one value the host waits for is
+    that flag, once the backward pass is queued.
     """
     batch = {k: v.to(accelerator.device, non_blocking=True) for k, v in batch.items()}
     # One forward pass, two dropout views: rows [0, B) and [B, 2B) are the same sentences.
@@ -170,16 +187,14 @@ def train_step(model, optimizer, scheduler, accelerator, batch, temp: float, rr_
         vne = vne_penalty(torch.stack(rr_input.chunk(2)), gather=True).mean()  # both views in one call
         loss = infonce + rr_weight * vne
     terms = accelerator.reduce(torch.stack([loss, infonce, vne]).detach(), reduction="mean")
-    finite = torch.isfinite(terms[0])
-    copied = None
-    if finite.device.type == "cuda":
-        finite = finite.to("cpu", non_blocking=True)
-        copied = torch.cuda.Event()
-        copied.record()
     accelerator.backward(loss)
-    if copied is not None:
-        copied.synchronize()
-    if not finite:
+    # The norm of the gradients every process holds after DDP's averaging (so the same on all); clipped
+    # to max_grad_norm, or only measured (max_norm inf: a multiply by 1) when clipping is off.
+    grad_norm = accelerator.clip_grad_norm_(model.parameters(), max_grad_norm or math.inf)
+    terms = torch.cat([terms, grad_norm.detach().float().reshape(1).to(terms.device)])
+    # fp16: an inf gradient is the loss scaler's to handle (it skips the step and lowers the scale)
+    checked = terms if accelerator.mixed_precision != "fp16" else terms[:1]
+    if not torch.isfinite(checked).all():
         return terms, False
     optimizer.step()
     scheduler.step()
@@ -187,19 +202,25 @@ def train_step(model, optimizer, scheduler, accelerator, batch, temp: float, rr_
     return terms, True
 
 
-def in_training_eval(model, tokenizer, data_dir, probe_sentences, probe_pairs, full: bool, *, batch_size: int,
+def in_training_eval(model, tokenizer, dev_tasks, probe_sentences, probe_pairs, full: bool, *, batch_size: int,
                      max_length: int, device, energy_tau: float = 0.9) -> dict:
-    """Rank metrics of the probe set and, when `full`, STS-B dev / SICK-R trial Spearman x 100, with the
-    model's evaluation pooler and one encode per sentence."""
+    """Rank metrics of the probe set and STS-B dev Spearman x 100, and when `full` SICK-R trial too, with the
+    model's evaluation pooler and one encode per sentence.
+
+    dev_tasks: utils.sts.load_sts_tasks(data_dir, "dev"). STS-B dev is scored at every call: with the dev
+    probe set (the default) its sentences are the probe's, already embedded, so the dense rank schedule
+    gets a dense STS-B dev series (for the rank-STS correlations) for the price of a Spearman.
+    """
     embed = EmbeddingCache(lambda s: encode(model, tokenizer, s, batch_size=batch_size, max_length=max_length,
                                             device=device))
     # rank metrics on the model's device: on a GPU its float64 matrix products replace the host's
     metrics = probe_metrics(embed(probe_sentences).to(device), probe_pairs, tau=energy_tau)
+    tasks = dev_tasks if full else {"STSBenchmark": dev_tasks["STSBenchmark"]}
+    scores = score_sts(embed, tasks)["tasks"]
+    scored = {"stsb_dev": scores["STSBenchmark"]["spearman"]}
     if full:
-        tasks = evaluate_sts(embed, data_dir, mode="dev")["tasks"]
-        metrics = {"stsb_dev": tasks["STSBenchmark"]["spearman"], "sickr_dev": tasks["SICKRelatedness"]["spearman"],
-                   **metrics}
-    return metrics
+        scored["sickr_dev"] = scores["SICKRelatedness"]["spearman"]
+    return {**scored, **metrics}
 
 
 class TrainState:
@@ -207,6 +228,10 @@ class TrainState:
 
     def __init__(self):
         self.step, self.best_step, self.best_metrics, self.train_seconds = 0, None, None, 0.0
+        # sums over the steps since the last `train` record (loss, InfoNCE, VNE, grad norm, lambda): saved, so
+        # that the first record after a resume averages the same steps as the uninterrupted run's
+        self.window, self.window_steps = [0.0] * 5, 0
+        self.resumes = []  # {"step", "from", "changed"}: each resume and the flags it changed (summary.json)
 
     @property
     def best_score(self):
@@ -220,7 +245,38 @@ class TrainState:
 
 
 def main(argv=None):
+    """train(argv), with a full disk said in one line: every save is written aside and renamed into place,
+    so all that was saved before is complete."""
+    try:
+        train(argv)
+    except OSError as err:
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        print(f"error: no space left on the disk ({err.filename or 'while saving'}); training stopped. Every "
+              "earlier save is complete (saves are written aside, then renamed into place): free space and "
+              "resume with --resume_from_checkpoint latest", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def train(argv=None):
     args = parse_args(argv)
+
+    def say(message):  # on stderr, once (the main process) however many processes run
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(message, file=sys.stderr)
+
+    def fail(message):  # one clear line, exit code 2, nothing written is touched
+        say(f"error: {message}")
+        raise SystemExit(2)
+
+    try:  # before accelerate makes any folder under it
+        check_output_path(args.output_dir, "--output_dir", folder=True)
+    except DataError as err:
+        fail(str(err))
+    for tracker in ("tensorboard", "wandb"):  # accelerate would only warn and train on without it
+        if args.report_to == tracker and not (importlib.util.find_spec(tracker) or
+                                              (tracker == "tensorboard" and importlib.util.find_spec("tensorboardX"))):
+            fail(f"--report_to {tracker}: the {tracker} package is not installed (pip install {tracker})")
     from accelerate import Accelerator
     from accelerate.utils import broadcast_object_list, set_seed
     from transformers import get_scheduler
@@ -230,31 +286,57 @@ def main(argv=None):
                               project_dir=args.output_dir)
     main_process = accelerator.is_main_process
 
-    def fail(message):  # one clear line, exit code 2, nothing written is touched
-        accelerator.print(f"error: {message}", file=sys.stderr)
-        raise SystemExit(2)
-
-    # ---- output folder: a new run never writes over an old one
+    # ---- output folder: one run, one process writing it; a new run never writes over an old one
     metrics_log = MetricsLog(os.path.join(args.output_dir, "metrics.jsonl"))
     best_dir = os.path.join(args.output_dir, "best")
     state_root = os.path.join(args.output_dir, "state")
-    if args.resume_from_checkpoint is None and os.path.exists(metrics_log.path):
-        fail(f"--output_dir {args.output_dir} already holds a run (metrics.jsonl); resume it with "
-             "--resume_from_checkpoint latest or choose another --output_dir")
+
+    def check_folder():
+        if args.resume_from_checkpoint is None and os.path.exists(metrics_log.path):
+            fail(f"--output_dir {args.output_dir} already holds a run (metrics.jsonl); resume it with "
+                 "--resume_from_checkpoint latest or choose another --output_dir")
+        if args.resume_from_checkpoint is not None and not os.path.exists(metrics_log.path):
+            fail(f"--output_dir {args.output_dir} holds no run to resume (no metrics.jsonl); a state is resumed "
+                 "only into the run that saved it")
+
+    check_folder()
+    saved_run, lock = None, None
+    try:
+        if main_process:
+            os.makedirs(args.output_dir, exist_ok=True)
+            lock = FolderLock(args.output_dir)  # noqa: F841  held until the process ends
+        check_folder()  # again under the lock: another process may have started a run meanwhile
+        if args.resume_from_checkpoint:
+            saved_run = read_run(args.output_dir)
+            resume_candidates = resumable_states(args.resume_from_checkpoint, state_root)
+            for path in resume_candidates:
+                check_state(path, args.output_dir, saved_run and saved_run["run_id"])
+    except RunFolderError as err:
+        fail(str(err))
+    changed_on_resume = {}
+    if saved_run is not None:  # a resume continues the same training
+        refused, changed_on_resume = compare_args(saved_run["args"], vars(args))
+        if refused:
+            fail("a resume must keep the run's training arguments; these differ from the saved run's: "
+                 + ", ".join(f"--{k} {old} (now {new})" for k, (old, new) in refused.items())
+                 + ". Pass the saved values, or start a new run in another --output_dir")
     if main_process:
-        os.makedirs(args.output_dir, exist_ok=True)
         for folder in ("best", "peak", "peak.candidate"):
             recover_dir(os.path.join(args.output_dir, folder))
 
     # ---- data and evaluation sets: read (and checked) before any model is loaded
     try:
-        sentences = read_sentences(args.train_file)
-        load_sts_tasks(args.eval_data_dir, "dev")
+        sentences = read_sentences(args.train_file, note=say)
+        dev_tasks = load_sts_tasks(args.eval_data_dir, "dev", flag="--eval_data_dir")
+        check_dev_pairs(dev_tasks, args.eval_data_dir)
         probe_sentences, probe_pairs = stsb_probe(args.eval_data_dir, args.probe_split)
     except DataError as err:
         fail(str(err))
     set_seed(args.seed)
-    encoder, tokenizer = load_pretrained(args.model_name_or_path)
+    try:
+        encoder, tokenizer = load_pretrained(args.model_name_or_path)
+    except ModelLoadError as err:
+        fail(err.reason)
     if args.unpad_inputs and unsupported_reason(encoder):
         fail(f"--unpad_inputs cannot run {args.model_name_or_path}: {unsupported_reason(encoder)}")
     eval_max_length = default_max_length(tokenizer, encoder.config)
@@ -280,23 +362,35 @@ def main(argv=None):
         model = torch.compile(model, mode=None if args.torch_compile == "default" else args.torch_compile)
     state = TrainState()
     detector = PeakDetector(args.phase_patience, args.phase_margin)
-    accelerator.register_for_checkpointing(scheduler, state, detector)
+    rr_schedule = RRSchedule(args.rank_reduction, args.rr_schedule, total_steps, args.rr_decay_steps, args.rr_patience)
+    accelerator.register_for_checkpointing(scheduler, state, detector, rr_schedule)
     peak_checkpoint = PeakCheckpoint(args.output_dir, keep=detector.window // 2 + 1) if args.save_peak_checkpoint else None
 
     if args.resume_from_checkpoint:
-        path = args.resume_from_checkpoint
-        if path == "latest":
-            found = state_dirs(state_root)
-            if not found:
-                fail(f"--resume_from_checkpoint latest: no saved state under {state_root}")
-            path = found[-1][1]
-        elif not os.path.isdir(path):
-            fail(f"--resume_from_checkpoint {path}: no such folder")
-        accelerator.load_state(path)
+        for i, path in enumerate(resume_candidates):  # `latest`: newest first, a state that does not load is skipped
+            try:
+                accelerator.load_state(path)
+                break
+            except Exception as err:  # a cut or corrupted file: safetensors, pickle, torch.load errors
+                problem = f"{path} cannot be loaded ({type(err).__name__}: {str(err).splitlines()[0][:200]})"
+                if i + 1 == len(resume_candidates):
+                    fail(f"--resume_from_checkpoint {args.resume_from_checkpoint}: {problem}"
+                         + ("; no older saved state loads either" if i else ""))
+                accelerator.print(f"note: {problem}; resuming from the next older state")
+        if saved_run is None:
+            accelerator.print("note: this run has no run.json (it started before train.py wrote one): the "
+                              "arguments of the resume are not compared with the run's")
+        state.resumes.append({"step": state.step, "from": path,
+                              "changed": {k: list(v) for k, v in changed_on_resume.items()}})
+        if changed_on_resume:
+            accelerator.print("resuming with " + ", ".join(f"--{k} {new} (was {old})"
+                                                           for k, (old, new) in changed_on_resume.items()))
         if main_process:
             moved = metrics_log.truncate_after(state.step)
             accelerator.print(f"resumed from {path} at step {state.step}"
                               + (f" ({moved} later records moved to metrics.discarded.jsonl)" if moved else ""))
+    if main_process:
+        run_id = saved_run["run_id"] if saved_run else new_run(args.output_dir, vars(args))
     if log_with:
         accelerator.init_trackers("simcse", config={k: v if isinstance(v, (int, float, str, bool)) else str(v)
                                                     for k, v in vars(args).items()})
@@ -305,7 +399,7 @@ def main(argv=None):
         """in_training_eval on the main process, its metrics sent to all."""
         results = [None]
         if main_process:
-            results = [in_training_eval(raw_model, tokenizer, args.eval_data_dir, probe_sentences, probe_pairs, full,
+            results = [in_training_eval(raw_model, tokenizer, dev_tasks, probe_sentences, probe_pairs, full,
                                         batch_size=args.eval_batch_size, max_length=eval_max_length,
                                         device=accelerator.device, energy_tau=args.energy_tau)]
         broadcast_object_list(results)
@@ -337,6 +431,7 @@ def main(argv=None):
         accelerator.save_state(tmp)
         accelerator.wait_for_everyone()
         if main_process:
+            mark_state(tmp, run_id, state.step)
             publish_dir(tmp, path)
             if args.checkpoints_total_limit:
                 import shutil
@@ -366,6 +461,9 @@ def main(argv=None):
         if full and metrics["stsb_dev"] > state.best_score:
             state.best_step, state.best_metrics = state.step, {k: metrics[k] for k in ("stsb_dev", "sickr_dev")}
             save_best(metrics)
+        if full and rr_schedule.on_eval(state.step, metrics["stsb_dev"]):
+            accelerator.print(f"\nRR schedule: STS-B dev has not improved for {args.rr_patience} evaluations; "
+                              f"lambda decays to 0 from step {state.step}")
         return metrics
 
     accelerator.print(
@@ -383,36 +481,40 @@ def main(argv=None):
         if args.save_steps:
             save_export()
     model.train()
-    window = torch.zeros(3, device=accelerator.device)  # running sums of loss, InfoNCE, RR's VNE
-    window_start, window_steps = time.perf_counter(), 0
+    window = torch.tensor(state.window, device=accelerator.device)  # running sums, see TrainState
+    window_start = time.perf_counter()
     status = "finished"
     while state.step < total_steps:
         step_start = time.perf_counter()
-        rr_weight = args.rank_reduction if args.rr_start == "0" or detector.declared else 0.0
+        rr_weight = rr_schedule.weight(state.step, active=args.rr_start == "0" or detector.declared)
         terms, finite = train_step(model, optimizer, scheduler, accelerator, batches(state.step), args.temp,
-                                   rr_weight, args.rr_on)
+                                   rr_weight, args.rr_on, args.max_grad_norm)
         if not finite:
-            status = f"stopped: the loss became {terms[0].item()} at step {state.step + 1}"
+            loss_value, grad_norm = terms[0].item(), terms[3].item()
+            what = f"the loss became {loss_value}" if not math.isfinite(loss_value) else \
+                f"the gradient norm became {grad_norm} (loss {loss_value:.4g})"
+            status = f"stopped: {what} at step {state.step + 1}"
             break
         state.step += 1
-        window += terms
-        window_steps += 1
+        window += torch.cat([terms, terms.new_tensor([rr_weight])])
+        state.window_steps += 1
         state.train_seconds += time.perf_counter() - step_start
         progress.update(1)
 
         if state.step % args.logging_steps == 0 or state.step == total_steps:
             seconds = time.perf_counter() - window_start
-            loss_value, infonce_value, vne_value = (window / window_steps).tolist()
+            loss_value, infonce_value, vne_value, grad_norm, mean_weight = (window / state.window_steps).tolist()
             rr = {}
             if args.rank_reduction > 0:
-                rr = {"infonce": infonce_value, "rr_vne": vne_value,
-                      "rr_share": args.rank_reduction * vne_value / loss_value if loss_value else None}
-            record({"event": "train", "phase": detector.phase, "loss": loss_value, **rr,
+                rr = {"infonce": infonce_value, "rr_vne": vne_value, "rr_weight": rr_weight,
+                      "rr_weight_mean": mean_weight,
+                      "rr_share": mean_weight * vne_value / loss_value if loss_value else None}
+            record({"event": "train", "phase": detector.phase, "loss": loss_value, **rr, "grad_norm": grad_norm,
                     "lr": scheduler.get_last_lr()[0], "elapsed_s": round(state.train_seconds, 3),
-                    "sentences_per_s": round(window_steps * batches.global_batch_size / seconds, 1)})
+                    "sentences_per_s": round(state.window_steps * batches.global_batch_size / seconds, 1)})
             progress.set_postfix(loss=f"{loss_value:.4f}")
             window.zero_()
-            window_start, window_steps = time.perf_counter(), 0
+            window_start, state.window_steps = time.perf_counter(), 0
         full = state.step % args.eval_steps == 0 or state.step == total_steps
         if full or (state.step <= args.rank_eval_until and state.step % args.rank_eval_steps == 0):
             metrics = on_eval(full)
@@ -423,10 +525,14 @@ def main(argv=None):
             save_export()
             window_start = time.perf_counter()
         if args.checkpointing_steps and state.step % args.checkpointing_steps == 0:
+            state.window = window.tolist()
             save_state()
             window_start = time.perf_counter()
     progress.close()
 
+    if status == "finished" and state.best_step is None:
+        status = "stopped: no evaluation gave a finite STS-B dev score (check the evaluation files and the model)"
+    state.window = window.tolist()
     last_state = save_state() if status != "finished" else None  # keep the last good state to resume from
     peak = None
     if main_process:  # the offline peak: the highest-rank evaluation of the whole run, earliest on ties
@@ -452,19 +558,24 @@ def main(argv=None):
             "peak_dir": peak_checkpoint.peak_dir if peak_checkpoint and os.path.isdir(peak_checkpoint.peak_dir) else None,
             "peak_checkpoint_note": peak_checkpoint.note if peak_checkpoint else None,
         },
-        "rank_reduction": {"weight": args.rank_reduction, "on": args.rr_on, "start": args.rr_start},
+        "rank_reduction": {"weight": args.rank_reduction, "on": args.rr_on, "start": args.rr_start,
+                           "schedule": args.rr_schedule, "schedule_state": rr_schedule.state_dict()},
         "eval_pooler": raw_model.eval_pooler,
         "global_batch_size": batches.global_batch_size,
         "num_processes": accelerator.num_processes,
         "args": vars(args),
+        "args_at_start": saved_run["args"] if saved_run else vars(args),
+        "resumes": state.resumes,
         "versions": versions(),
     }
     if main_process:
         write_json_atomic(os.path.join(args.output_dir, "summary.json"), summary, indent=2)
     accelerator.end_training()
     if status != "finished":
-        accelerator.print(f"error: {status}; the last good state is in {last_state}. Lower --learning_rate, "
-                          "raise --temp, or use --mixed_precision bf16 instead of fp16.", file=sys.stderr)
+        advice = "" if state.best_step is None and "evaluation" in status else (
+            " To train on, start a new run (another --output_dir) with a lower --learning_rate, a higher --temp, "
+            "--max_grad_norm 1, or --mixed_precision bf16 instead of fp16: a resume keeps this run's settings.")
+        accelerator.print(f"error: {status}; the last good state is in {last_state}.{advice}", file=sys.stderr)
         raise SystemExit(1)
     accelerator.print(f"best STS-B dev {state.best_score:.2f} at step {state.best_step} -> {best_dir}")
 

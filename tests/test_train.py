@@ -1,6 +1,9 @@
 """train.py end to end on a tiny random BERT: outputs, export, resume after SIGKILL, bad inputs."""
 
+import errno
+import importlib.util
 import json
+import math
 import os
 import shutil
 import signal
@@ -89,14 +92,17 @@ def test_evaluate_scores_best_exactly_as_the_training_log(finished_run, fake_sen
 
 
 def test_sigkilled_run_resumes_to_the_uninterrupted_result(tmp_path, tiny_bert, corpus, fake_senteval):
-    args = ("--max_train_steps", "120", "--eval_steps", "30", "--checkpointing_steps", "10")
+    # RR with the plateau schedule (its state is saved too); states every 5 steps, records every 2: the
+    # loss window of a record spans a saved state, so it must be saved as well
+    args = ("--max_train_steps", "40", "--eval_steps", "5", "--checkpointing_steps", "5", "--rank-reduction", "0.5",
+            "--rr_schedule", "plateau", "--rr_patience", "1")
     full, killed = tmp_path / "full", tmp_path / "killed"
     assert run(train_cmd(tiny_bert, corpus, fake_senteval, full, *args)).returncode == 0
 
     proc = subprocess.Popen(train_cmd(tiny_bert, corpus, fake_senteval, killed, *args), cwd=REPO,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
-    while not (killed / "state" / "step_0000040").exists() and proc.poll() is None and time.time() < deadline:
+    while not (killed / "state" / "step_0000015").exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.005)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -105,7 +111,9 @@ def test_sigkilled_run_resumes_to_the_uninterrupted_result(tmp_path, tiny_bert, 
     assert resumed.returncode == 0, resumed.stderr[-3000:]
 
     assert records(killed) == records(full)
-    for rel in ("state/step_0000120/model.safetensors", "state/step_0000120/optimizer.bin", "best/model.safetensors"):
+    weights = [r["rr_weight"] for r in records(full) if r["event"] == "train"]
+    assert weights[0] == 0.5 and weights[-1] == 0.0  # the plateau came: RR was switched off
+    for rel in ("state/step_0000040/model.safetensors", "state/step_0000040/optimizer.bin", "best/model.safetensors"):
         assert (killed / rel).read_bytes() == (full / rel).read_bytes(), rel
     assert not [p for p in os.listdir(killed) if p.endswith((".tmp", ".old"))]
 
@@ -229,6 +237,8 @@ def test_rank_metrics_are_logged_densely_early_and_at_every_evaluation(rank_runs
             assert rank_keys <= r.keys() and 1 <= r["effective_rank"] <= 32
         if r["event"] == "eval":
             assert {"stsb_dev", "sickr_dev"} <= r.keys()
+        if r["event"] == "rank":  # STS-B dev rides on the probe's embeddings: a dense series for the correlations
+            assert "stsb_dev" in r and "sickr_dev" not in r and -100 <= r["stsb_dev"] <= 100
     summary = json.load(open(rank_runs["base"] / "summary.json"))
     peak = summary["rank"]["offline_peak"]
     evals = [r for r in recs if r["event"] in ("eval", "rank")]
@@ -342,3 +352,221 @@ def test_unpad_refuses_an_unsupported_model_by_flag(tmp_path, corpus, fake_sente
     assert proc.returncode == 2
     assert "--unpad_inputs" in proc.stderr and "relative_key" in proc.stderr
     assert not (tmp_path / "out" / "metrics.jsonl").exists()
+
+
+# ---- the optimizer step: gradient clipping, non-finite gradients, RR schedules
+
+def _step_setup(tiny_bert, mixed_precision="no"):
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)  # one process-wide state: another test's precision
+
+    from utils.model import SimCSEModel, load_pretrained
+
+    encoder, tokenizer = load_pretrained(str(tiny_bert))
+    torch.manual_seed(0)
+    model = SimCSEModel(encoder).train()
+    accelerator = Accelerator(cpu=True, mixed_precision=mixed_precision)
+    # plain SGD with lr 1: the update IS minus the (clipped) gradient
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    return model, optimizer, scheduler, accelerator, tokenizer
+
+
+@pytest.mark.parametrize("mixed_precision", ["no", "bf16"])
+@pytest.mark.parametrize("max_norm", [0.0, 1e-3])
+def test_gradient_clipping_bounds_the_update(tiny_bert, mixed_precision, max_norm):
+    from train import train_step
+
+    model, optimizer, scheduler, accelerator, tokenizer = _step_setup(tiny_bert, mixed_precision)
+    batch = dict(tokenizer(["a man is playing guitar", "two dogs", "the cat is small", "red ball"], padding=True,
+                           return_tensors="pt"))
+    before = [p.detach().clone() for p in model.parameters()]
+    terms, finite = train_step(model, optimizer, scheduler, accelerator, batch, 0.05, 0.1, "mlp", max_norm)
+    assert finite
+    update = torch.sqrt(sum(((p.detach() - b) ** 2).sum() for p, b in zip(model.parameters(), before)))
+    grad_norm = terms[3].item()
+    assert grad_norm > 10 * 1e-3  # the random model's gradient is far above the clipping threshold
+    expected = grad_norm if max_norm == 0 else max_norm  # 0: not clipped, only measured
+    assert update.item() == pytest.approx(expected, rel=1e-3)
+
+
+def test_a_finite_loss_with_an_infinite_gradient_is_not_applied(tiny_bert):
+    from train import train_step
+
+    model, optimizer, scheduler, accelerator, tokenizer = _step_setup(tiny_bert)
+    # repeated sentences and a tiny temperature: tied logits keep the loss at log(4), their gradient overflows
+    batch = dict(tokenizer(["a man is playing"] * 4 + ["two dogs"] * 4, padding=True, return_tensors="pt"))
+    before = [p.detach().clone() for p in model.parameters()]
+    terms, finite = train_step(model, optimizer, scheduler, accelerator, batch, 1e-30)
+    assert math.isfinite(terms[0].item()) and not math.isfinite(terms[3].item()) and not finite
+    assert all(torch.equal(p.detach(), b) for p, b in zip(model.parameters(), before))
+
+
+def test_an_infinite_gradient_stops_the_run_before_the_update(tmp_path, tiny_bert, fake_senteval):
+    corpus = tmp_path / "repeated.txt"
+    corpus.write_text("a man is playing\n" * 40)
+    out = tmp_path / "out"
+    err = bad_run(tmp_path, tiny_bert, corpus, fake_senteval, "--temp", "1e-30", out=out)
+    assert "gradient norm became inf" in err and "at step 1" in err
+    summary = json.load(open(out / "summary.json"))
+    assert summary["status"].startswith("stopped") and summary["steps"] == 0
+
+
+def test_rr_schedule_is_logged_and_decays(tmp_path, tiny_bert, corpus, fake_senteval):
+    out = tmp_path / "out"
+    proc = run(train_cmd(tiny_bert, corpus, fake_senteval, out, "--max_train_steps", "8", "--eval_steps", "8",
+                         "--logging_steps", "1", "--rank-reduction", "0.4", "--rr_schedule", "linear"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    trains = [r for r in records(out) if r["event"] == "train"]
+    assert [r["rr_weight"] for r in trains] == pytest.approx([0.4 * (1 - k / 8) for k in range(8)])
+    assert all(r["rr_weight_mean"] == pytest.approx(r["rr_weight"]) for r in trains)  # one step per record
+    assert all(abs(r["loss"] - (r["infonce"] + r["rr_weight"] * r["rr_vne"])) < 1e-4 for r in trains)
+    assert all(r["grad_norm"] > 0 for r in trains)
+    assert json.load(open(out / "summary.json"))["rank_reduction"]["schedule"] == "linear"
+
+
+# ---- the output folder as one run: resume checks, lock, corrupt states, unusable paths
+
+@pytest.fixture()
+def saved_run(tmp_path, tiny_bert, corpus, fake_senteval):
+    out = tmp_path / "run"
+    proc = run(train_cmd(tiny_bert, corpus, fake_senteval, out, "--max_train_steps", "4", "--eval_steps", "2",
+                         "--checkpointing_steps", "2"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
+def test_a_resume_refuses_changed_training_flags_and_records_the_allowed_ones(saved_run, tiny_bert, corpus,
+                                                                               fake_senteval):
+    before = {p: p.read_bytes() for p in saved_run.rglob("*") if p.is_file() and p.name != ".lock"}
+    latest = ("--resume_from_checkpoint", "latest")
+    proc = run(train_cmd(tiny_bert, corpus, fake_senteval, saved_run, "--max_train_steps", "4", "--eval_steps", "2",
+                         "--learning_rate", "2e-3", "--temp", "0.1", *latest))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "--learning_rate 0.001 (now 0.002)" in proc.stderr and "--temp 0.05 (now 0.1)" in proc.stderr
+    assert before == {p: p.read_bytes() for p in saved_run.rglob("*") if p.is_file() and p.name != ".lock"}
+
+    longer = run(train_cmd(tiny_bert, corpus, fake_senteval, saved_run, "--max_train_steps", "6", "--eval_steps", "2",
+                           "--logging_steps", "1", *latest))
+    assert longer.returncode == 0, longer.stderr[-3000:]
+    summary = json.load(open(saved_run / "summary.json"))
+    assert summary["steps"] == 6 and summary["args_at_start"]["max_train_steps"] == 4
+    assert summary["resumes"] == [{"step": 4, "from": str(saved_run / "state" / "step_0000004"),
+                                   "changed": {"checkpointing_steps": [2, None], "logging_steps": [2, 1],
+                                               "max_train_steps": [4, 6]}}]
+
+
+def test_a_state_of_another_run_or_no_state_at_all_is_refused(saved_run, tmp_path, tiny_bert, corpus, fake_senteval):
+    other = tmp_path / "other"
+    assert run(train_cmd(tiny_bert, corpus, fake_senteval, other, "--max_train_steps", "2",
+                         "--eval_steps", "2")).returncode == 0
+    foreign = str(saved_run / "state" / "step_0000002")
+    for out, path, message in ((other, foreign, "saved by another run"),
+                               (tmp_path / "new", foreign, "holds no run to resume"),
+                               (saved_run, str(saved_run / "best"), "not a training state")):
+        err = bad_run(tmp_path, tiny_bert, corpus, fake_senteval, "--eval_steps", "2",
+                      "--resume_from_checkpoint", path, out=out)
+        assert message in err, err
+
+
+def test_a_corrupt_newest_state_falls_back_to_the_previous_one(saved_run, tmp_path, tiny_bert, corpus, fake_senteval):
+    newest = saved_run / "state" / "step_0000004" / "model.safetensors"
+    newest.write_bytes(newest.read_bytes()[:100])
+    args = ("--max_train_steps", "4", "--eval_steps", "2", "--checkpointing_steps", "2")
+    proc = run(train_cmd(tiny_bert, corpus, fake_senteval, saved_run, *args, "--resume_from_checkpoint", "latest"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "step_0000004 cannot be loaded" in proc.stdout + proc.stderr and "at step 2" in proc.stdout
+    newest = saved_run / "state" / "step_0000004" / "model.safetensors"  # written again by the resumed run
+    newest.write_bytes(newest.read_bytes()[:100])
+    err = bad_run(tmp_path, tiny_bert, corpus, fake_senteval, *args, "--resume_from_checkpoint",
+                  str(saved_run / "state" / "step_0000004"), out=saved_run)
+    last = err.strip().splitlines()[-1]  # after the model's loading bar: the state is loaded into the model
+    assert last.startswith("error: --resume_from_checkpoint") and "step_0000004 cannot be loaded" in last
+
+
+def test_two_processes_never_train_into_one_folder(tmp_path, tiny_bert, corpus, fake_senteval):
+    out = tmp_path / "out"
+    first = subprocess.Popen(train_cmd(tiny_bert, corpus, fake_senteval, out, "--max_train_steps", "400",
+                                       "--eval_steps", "400", "--checkpointing_steps", "1"),
+                             cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while not list((out / "state").glob("step_*[0-9]")) if (out / "state").exists() else True:
+            assert first.poll() is None and time.time() < deadline
+            time.sleep(0.05)
+        err = bad_run(tmp_path, tiny_bert, corpus, fake_senteval, "--max_train_steps", "400", "--eval_steps", "400",
+                      "--checkpointing_steps", "1", "--resume_from_checkpoint", "latest", out=out)
+        assert f"in use by another train.py process (pid {first.pid})" in err
+    finally:
+        first.kill()
+        first.wait()
+
+
+def test_evaluation_files_without_enough_pairs_are_refused_before_training(tmp_path, tiny_bert, corpus,
+                                                                           fake_senteval):
+    data = tmp_path / "data"
+    shutil.copytree(fake_senteval, data)
+    dev = data / "downstream" / "STS" / "STSBenchmark" / "sts-dev.csv"
+    dev.write_text("")
+    err = bad_run(tmp_path, tiny_bert, corpus, data)
+    assert f"{dev}: 0 scored pairs" in err
+    assert not (tmp_path / "out" / "metrics.jsonl").exists()
+
+
+def test_a_run_without_a_finite_evaluation_does_not_finish(tmp_path, tiny_bert, corpus, fake_senteval):
+    data = tmp_path / "data"
+    shutil.copytree(fake_senteval, data)
+    dev = data / "downstream" / "STS" / "STSBenchmark" / "sts-dev.csv"
+    lines = [line.split("\t") for line in dev.read_text().splitlines()]
+    dev.write_text("".join("\t".join(c[:4] + ["2.5"] + c[5:]) + "\n" for c in lines))  # constant gold: NaN
+    err = bad_run(tmp_path, tiny_bert, corpus, data, "--eval_steps", "2")
+    assert "no evaluation gave a finite STS-B dev score" in err
+    assert json.load(open(tmp_path / "out" / "summary.json"))["status"].startswith("stopped")
+
+
+@pytest.mark.parametrize("case", ["file", "under_file", "empty"])
+def test_an_unusable_output_dir_is_one_error(tmp_path, tiny_bert, corpus, fake_senteval, case):
+    (tmp_path / "a_file").write_text("x")
+    out = {"file": tmp_path / "a_file", "under_file": tmp_path / "a_file" / "run", "empty": ""}[case]
+    proc = run(train_cmd(tiny_bert, corpus, fake_senteval, out, "--max_train_steps", "1"))
+    assert proc.returncode == 2 and proc.stderr.startswith("error: --output_dir")
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+@pytest.mark.parametrize("extra, message", [
+    (("--seed", "-1"), "--seed"), (("--seed", str(2 ** 32)), "--seed"),
+    (("--report_to", "wandb"), "--report_to wandb: the wandb package is not installed"),
+])
+def test_seed_range_and_missing_trackers(tmp_path, tiny_bert, corpus, fake_senteval, extra, message):
+    if "wandb" in extra and importlib.util.find_spec("wandb"):
+        pytest.skip("wandb is installed here")
+    err = bad_run(tmp_path, tiny_bert, corpus, fake_senteval, *extra)
+    assert message in err
+
+
+def test_the_missing_evaluation_folder_names_its_flag(tmp_path, tiny_bert, corpus):
+    err = bad_run(tmp_path, tiny_bert, corpus, tmp_path / "nowhere")
+    assert "(--eval_data_dir is" in err
+
+
+def test_a_full_disk_is_one_error_and_leaves_no_half_written_folder(tmp_path, tiny_bert, corpus, fake_senteval,
+                                                                     monkeypatch, capsys):
+    import train
+
+    def full_disk(path, *a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device", path)
+
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)  # train.main builds its own Accelerator here
+    monkeypatch.setattr(train, "write_json_atomic", full_disk)  # the first save: best/ after step 0
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as stop:
+        train.main(train_cmd(tiny_bert, corpus, fake_senteval, out, "--max_train_steps", "2")[2:])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: no space left on the disk") and "best_metrics.json" in err[-1]
+    assert not (out / "best").exists() and not [p for p in os.listdir(out) if p.endswith(".tmp")]

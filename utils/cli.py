@@ -15,3 +15,11 @@ def number(kind, low, inclusive: bool = True):
             raise argparse.ArgumentTypeError(f"must be {'>=' if inclusive else '>'} {low}, got {text}")
         return value
     return check
+
+
+def seed_number(text):
+    """A `type=` for --seed: an integer in [0, 2**32), the range numpy's and torch's seeding accept."""
+    value = number(int, 0)(text)
+    if value >= 2**32:
+        raise argparse.ArgumentTypeError(f"must be < 2**32, got {text}")
+    return value

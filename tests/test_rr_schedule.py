@@ -1,0 +1,73 @@
+"""RRSchedule: the weight of Rank Reduction per step, for each schedule, and its resumable state."""
+
+import math
+
+import pytest
+
+from utils.rr_schedule import RRSchedule
+
+
+def weights(schedule, steps, active=lambda step: True):
+    return [schedule.weight(step, active(step)) for step in range(steps)]
+
+
+def test_constant_is_the_weight_at_every_step_and_zero_when_off():
+    assert weights(RRSchedule(0.1, "constant", 5), 5) == [0.1] * 5
+    assert weights(RRSchedule(0.0, "linear", 5), 5) == [0.0] * 5
+    assert weights(RRSchedule(0.1, "constant", 5), 5, active=lambda s: s >= 2) == [0, 0, 0.1, 0.1, 0.1]
+
+
+def test_linear_and_cosine_decay_to_zero_over_the_run_from_rr_start():
+    assert weights(RRSchedule(1.0, "linear", 4), 4) == [1.0, 0.75, 0.5, 0.25]
+    cos = weights(RRSchedule(1.0, "cosine", 4), 4)
+    assert cos == pytest.approx([1.0, 0.5 * (1 + math.cos(math.pi / 4)), 0.5, 0.5 * (1 + math.cos(3 * math.pi / 4))])
+    # --rr_start peak: the decay counts from the first active step, over the steps that are left
+    assert weights(RRSchedule(1.0, "linear", 6), 6, active=lambda s: s >= 2) == [0, 0, 1.0, 0.75, 0.5, 0.25]
+    # decay_steps: 0 from then on
+    assert weights(RRSchedule(1.0, "linear", 6, decay_steps=2), 6) == [1.0, 0.5, 0, 0, 0, 0]
+    assert weights(RRSchedule(1.0, "cosine", 6, decay_steps=2), 6) == pytest.approx([1.0, 0.5, 0, 0, 0, 0])
+
+
+def test_plateau_holds_the_weight_until_stsb_dev_stalls_for_patience_evaluations():
+    s = RRSchedule(0.2, "plateau", 100, patience=2)
+    assert not s.on_eval(0, 70.0)  # before RR has started: not counted
+    assert s.weight(0) == 0.2
+    assert [s.on_eval(step, score) for step, score in [(10, 75.0), (20, 74.0), (30, 76.0), (40, 75.9)]] \
+        == [False, False, False, False]  # a new best at 30 resets the count
+    assert s.weight(41) == 0.2
+    assert s.on_eval(50, float("nan"))  # second evaluation without a new best: off from step 50
+    assert s.weight(50) == 0.0 and s.weight(99) == 0.0
+    assert not s.on_eval(60, 99.0)  # once off, it stays off
+
+
+def test_plateau_with_decay_steps_decays_linearly_after_the_stall():
+    s = RRSchedule(1.0, "plateau", 100, decay_steps=4, patience=1)
+    s.weight(0)
+    s.on_eval(10, 80.0)
+    assert s.on_eval(20, 79.0)
+    assert [s.weight(step) for step in range(20, 26)] == [1.0, 0.75, 0.5, 0.25, 0.0, 0.0]
+
+
+def test_state_dict_resumes_the_same_sequence():
+    def drive(schedule, steps):
+        out = []
+        for step in steps:
+            out.append(schedule.weight(step, active=step >= 3))
+            if step % 5 == 4:
+                schedule.on_eval(step + 1, [80, 81, 80.5, 80.2, 82, 81][(step // 5) % 6])
+        return out
+
+    full = drive(RRSchedule(0.5, "plateau", 40, decay_steps=7, patience=2), range(40))
+    first = RRSchedule(0.5, "plateau", 40, decay_steps=7, patience=2)
+    head = drive(first, range(17))
+    resumed = RRSchedule(0.5, "plateau", 40, decay_steps=7, patience=2)
+    resumed.load_state_dict(first.state_dict())
+    assert head + drive(resumed, range(17, 40)) == full
+    assert 0 in full[20:] and max(full) == 0.5  # the plateau was reached and the decay ran
+
+
+@pytest.mark.parametrize("kwargs", [dict(kind="step"), dict(weight=-1.0), dict(patience=0), dict(decay_steps=-1)])
+def test_bad_arguments_are_refused(kwargs):
+    args = dict(weight=0.1, kind="constant", total_steps=10) | kwargs
+    with pytest.raises(ValueError):
+        RRSchedule(**args)
