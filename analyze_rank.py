@@ -25,9 +25,10 @@ import torch
 
 from utils.analysis import band, group_runs, group_stats, load_run, phase_analysis, phase_labels
 from utils.cli import number
-from utils.data import DataError
-from utils.encode import EmbeddingCache, default_max_length, encode
-from utils.model import load_pretrained
+from utils.data import DataError, check_output_path
+from utils.encode import EmbeddingCache, default_max_length, encode, parse_device
+from utils.findings import judge
+from utils.model import ModelLoadError, load_pretrained
 from utils.pooling import PooledEncoder
 from utils.rank import RANK_METRICS, probe_metrics, stsb_probe
 from utils.report import markdown, metric_columns, write_csv, write_summary
@@ -52,7 +53,7 @@ def parse_args(argv=None):
                    help="STS-B split whose sentences are the probe set (train.py's --probe_split)")
     p.add_argument("--energy_tau", type=number(float, 0, inclusive=False), default=0.9, help="energy_rank's tau")
     p.add_argument("--batch_size", type=number(int, 1), default=128, help="sentences per encode batch (on a GPU: a budget of this x 64 tokens)")
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--device", type=parse_device, default=None, help="cpu or cuda (default: cuda when available)")
     args = p.parse_args(argv)
     if args.energy_tau > 1:
         p.error(f"argument --energy_tau: must be <= 1, got {args.energy_tau}")
@@ -80,6 +81,7 @@ def main(argv=None):
     if len({r["name"] for r in runs}) < len(runs):
         fail("the same run folder is given twice")
     try:
+        check_output_path(args.out, "--out", folder=True)
         probe_sentences, probe_pairs = stsb_probe(args.data_dir, args.probe_split)
         dev_tasks = load_sts_tasks(args.data_dir, "dev")
         test_tasks = load_sts_tasks(args.data_dir, "test") if args.sts_test else None
@@ -90,14 +92,14 @@ def main(argv=None):
             probing_tasks = load_probing_tasks(args.probing_dir)
     except DataError as err:
         fail(str(err))
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = args.device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     import transformers
 
     transformers.utils.logging.disable_progress_bar()  # one progress bar: ours, over checkpoints
 
     def measure(checkpoint, sts: bool, probing: bool) -> dict:
         """Load one checkpoint, embed each sentence once, and compute what is asked for."""
-        encoder, tokenizer = load_pretrained(checkpoint["path"])
+        encoder, tokenizer = load_pretrained(checkpoint["path"], flag="--runs")
         pooler = checkpoint["pooler"] or getattr(encoder.config, "sentence_pooler", None) or "cls"
         model = PooledEncoder(encoder, pooler).to(device)
         max_length = default_max_length(tokenizer, encoder.config)
@@ -137,8 +139,8 @@ def main(argv=None):
                 every = probing_tasks is not None and args.probing_at == "all"
                 try:
                     measured = measure(checkpoint, sts=True, probing=every)
-                except SystemExit as err:  # load_pretrained's one-line reason (e.g. a hub name offline)
-                    run["notes"].append(f"step {checkpoint['step']} ({checkpoint['source']}) skipped: {err}")
+                except ModelLoadError as err:  # e.g. a deleted or corrupted export, a hub name offline
+                    run["notes"].append(f"step {checkpoint['step']} ({checkpoint['source']}) skipped: {err.reason}")
                     run["checkpoints"].remove(checkpoint)
                     continue
                 finally:
@@ -183,6 +185,7 @@ def main(argv=None):
             "log_peak": run["log_peak"], "notes": run["notes"],
         }
     group_results = [group_stats(g, results_by_run, args.phase_metric) for g in groups]
+    findings = judge(runs, groups, phases, args.phase_metric)
     notes = []
     if probing_tasks is None:
         notes.append("no probing columns: no --probing_dir given")
@@ -199,6 +202,7 @@ def main(argv=None):
         "columns": None,
         "runs": list(results_by_run.values()),
         "groups": group_results,
+        "findings": findings,
         "bands": {g["label"]: {m: band([rows_by_run[run["name"]] for run in g["runs"]], m)
                                for m in (args.phase_metric, "stsb_dev")} for g in groups},
         "seconds": round(seconds, 1),

@@ -144,6 +144,11 @@ def test_one_group_over_both_seeds_and_the_report(study):
     report = (study["out"] / "report.md").read_text()
     assert report in study["stdout"]
     assert "## Groups (mean ± std over seeds)" in report and "### baseline-seed2" in report
+    # two seeds of one group: every finding says it has too few runs, none passes or fails
+    findings = summary["findings"]["findings"]
+    assert [f["id"] for f in findings] == [1, 2, 3, 4, 5]
+    assert all(f["verdict"] == "not enough runs" and f["why"] for f in findings)
+    assert "## Findings" in report and report.index("## Findings") < report.index("## Groups")
     if summary["plots"]:
         assert all((study["out"] / p).stat().st_size > 5_000 for p in summary["plots"])
         assert "![rank_vs_step](rank_vs_step.png)" in report
@@ -158,3 +163,53 @@ def test_not_a_run_folder_is_refused_before_any_model_is_loaded(tmp_path, fake_s
         analyze_rank.main(["--runs", str(tmp_path), "--data_dir", str(fake_senteval), "--out", str(tmp_path / "out")])
     assert exit_info.value.code == 2 and "not a train.py output folder" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def fake_run(root, tiny_bert, steps=(2, 4)):
+    """A run folder as train.py --save_steps leaves it mid-run: metrics.jsonl and exports, no summary."""
+    import shutil
+
+    run = root / "run-seed1"
+    args = {"model_name_or_path": str(tiny_bert), "pooler_type": "avg", "mlp_only_train": False, "seed": 1}
+    for step in steps:
+        export = run / "checkpoints" / f"step-{step:06d}"
+        shutil.copytree(tiny_bert, export)
+        (export / "checkpoint.json").write_text(json.dumps({"step": step, "args": args}))
+    (run / "metrics.jsonl").write_text("".join(json.dumps({"event": "eval", "step": s, "stsb_dev": 50.0 + s}) + "\n"
+                                               for s in (0, *steps)))
+    return run
+
+
+def test_a_corrupt_checkpoint_is_skipped_with_a_note(tmp_path, tiny_bert, fake_senteval):
+    import analyze_rank
+
+    run = fake_run(tmp_path, tiny_bert)
+    weights = run / "checkpoints" / "step-000004" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:500])  # a copy cut short
+    analyze_rank.main(["--runs", str(run), "--data_dir", str(fake_senteval), "--out", str(tmp_path / "out"),
+                       "--device", "cpu"])
+    [summary_run] = json.load(open(tmp_path / "out" / "summary.json"))["runs"]
+    assert any(n.startswith(f"step 4 (checkpoints/step-000004) skipped: {weights} (--runs) cannot be read")
+               for n in summary_run["notes"]), summary_run["notes"]
+    assert [int(r["step"]) for r in csv.DictReader(open(tmp_path / "out" / "checkpoints.csv"))] == [0, 2]
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--out", "{file}"], "--out {file} is a file"),
+    (["--out", "{file}/sub"], "--out {file}/sub: {file} is a file"),
+    (["--device", "gpu"], "argument --device: not a device: 'gpu'"),
+])
+def test_bad_out_or_device_fails_before_any_model_is_loaded(tmp_path, fake_senteval, capsys, argv, needle):
+    import analyze_rank
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text("")
+    file = tmp_path / "report.md"
+    file.write_text("kept")
+    argv = [a.format(file=file) for a in argv]
+    with pytest.raises(SystemExit) as exit_info:
+        analyze_rank.main(["--runs", str(run), "--data_dir", str(fake_senteval), "--out", str(tmp_path / "out"), *argv])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and needle.format(file=file) in err and "Traceback" not in err
+    assert file.read_text() == "kept" and not (tmp_path / "out").exists()

@@ -145,6 +145,19 @@ def run_section(name: str, run: dict, rows, rank_key: str) -> list[str]:
     return lines
 
 
+def findings_section(findings: dict) -> list[str]:
+    """The findings table (utils.findings.judge) with the rules it applied."""
+    t = findings["thresholds"]
+    rows = [[f["id"], f["claim"], f["measured"], f["statistic"], f"**{f['verdict']}**: {f['why']}"]
+            for f in findings["findings"]]
+    return ["## Findings", "",
+            f"Each claim of the paper judged on these runs (findings 1–4 on {', '.join(findings['judged_on'])}). "
+            f"A verdict needs {t['min_runs']} runs per group ({t['min_runs_spread']} for a spread); per-run "
+            f"effects must appear in ≥ {t['share']:.0%} of the runs; tests at p < {t['alpha']}; correlations need "
+            f"≥ {t['min_points']} points per phase. Rules: `utils/findings.py`.", "",
+            *_table(["#", "claim", "measured", "statistic", "verdict"], rows), ""]
+
+
 def markdown(results: dict, rows_by_run: dict, plots: list, plots_note) -> str:
     s = results["settings"]
     rank_key = s["phase_metric"]
@@ -156,6 +169,8 @@ def markdown(results: dict, rows_by_run: dict, plots: list, plots_note) -> str:
              "earliest on ties); Phase 2 = the peak → the best STS-B dev checkpoint (the run's `best/`). "
              "Correlations are over the checkpoints of a phase, both ends included; every number can be "
              "recomputed from `checkpoints.csv` (Phase 1 = rows with phase 1 or peak, Phase 2 = peak or 2).", ""]
+    if results.get("findings"):
+        lines += findings_section(results["findings"])
     lines += ["## Groups (mean ± std over seeds)", ""]
     body = []
     for g in results["groups"]:

@@ -1,0 +1,145 @@
+"""The findings table on fabricated runs whose verdicts are known: holds, does not hold, not enough runs."""
+
+import math
+
+import pytest
+
+from utils.analysis import group_runs
+from utils.findings import FAILS, HOLDS, TOO_FEW, compare_means, judge, trajectory
+
+STEPS = list(range(0, 101, 5))
+
+
+def fake_run(name, seed, rr=0.0, schedule="constant", peak=20, best_step=100, best=80.0, drop=0.0,
+             align_up_in_phase2=False, rank_up_after_peak=False, noise=0.0):
+    """A run whose rank rises to `peak` then falls (or keeps rising), STS-B dev rising to `best` at
+    `best_step` and losing `drop` by step 100; alignment rises in Phase 1 and falls in Phase 2 (or rises in
+    both), uniformity falls in Phase 1 and rises in Phase 2."""
+    log = []
+    for s in STEPS:
+        up = s <= peak or rank_up_after_peak
+        rank = 100 + (s if up else peak - 0.5 * (s - peak)) + noise * seed
+        stsb = best - (best_step - s) * 0.05 if s <= best_step else best - drop * (s - best_step) / (100 - best_step)
+        if s == 100 and best_step < 100:
+            stsb = best - drop
+        align = 0.1 + 0.001 * (s if s <= peak or align_up_in_phase2 else 2 * peak - s)
+        unif = -2.0 - 0.01 * (s if s <= peak else 2 * peak - s)
+        event = "eval" if s % 25 == 0 or s == 100 else "rank"
+        log.append({"event": event, "step": s, "effective_rank": rank, "stsb_dev": stsb + noise * seed,
+                    "alignment": align, "uniformity": unif})
+    args = {"rank_reduction": rr, "rr_schedule": schedule, "seed": seed, "output_dir": name}
+    return {"name": name, "dir": name, "args": args, "seed": seed, "status": "finished", "log": log,
+            "best_step": best_step, "sts_test": 70.0 + (best - 80.0) + 0.1 * seed, "notes": []}
+
+
+def probing_phases(names, flip=True):
+    return {n: {"phase1": {"delta": {"probing_Length": 2.0, "probing_Depth": -1.0, "probing_avg": 0.5}},
+                "phase2": {"delta": {"probing_Length": -1.0 if flip else 1.0, "probing_Depth": 0.5 if flip else -0.5,
+                                     "probing_avg": -0.2}}}
+            for n in names}
+
+
+def study(seeds=(1, 2, 3), **baseline):
+    runs = [fake_run(f"baseline-seed{s}", s, noise=0.01, **baseline) for s in seeds]
+    runs += [fake_run(f"rr-seed{s}", s, rr=0.1, best=81.0, best_step=50, drop=0.8, noise=0.01) for s in seeds]
+    runs += [fake_run(f"rr-schedule-seed{s}", s, rr=0.1, schedule="plateau", best=81.1, best_step=50, drop=0.1,
+                      noise=0.01) for s in seeds]
+    return runs
+
+
+def verdicts(result):
+    return [(f["id"], f["verdict"]) for f in result["findings"]]
+
+
+def test_trajectory_reads_peak_best_and_last_from_the_log():
+    t = trajectory(fake_run("r", 1, best_step=50, drop=0.8))
+    assert t["peak"]["step"] == 20 and t["peak"]["where"] == "interior"
+    assert t["best_step"] == 50 and t["best"] == pytest.approx(80.0) and t["last"] == pytest.approx(79.2)
+
+
+def test_every_finding_holds_on_a_study_that_shows_them():
+    runs = study()
+    result = judge(runs, group_runs(runs), probing_phases([r["name"] for r in runs]))
+    assert result["judged_on"] == ["baseline-seed1", "baseline-seed2", "baseline-seed3"]
+    got = dict(((f["id"], f["claim"]), f["verdict"]) for f in result["findings"])
+    by_id = {}
+    for (i, claim), v in got.items():
+        by_id.setdefault(i, []).append((claim, v))
+    assert [v for _, v in by_id[1]] == [HOLDS]
+    assert [v for _, v in by_id[2]] == [HOLDS]
+    assert [v for _, v in by_id[3]] == [HOLDS]
+    assert [v for _, v in by_id[4]] == [HOLDS]
+    f5 = {c: v for c, v in by_id[5]}
+    # two RR groups x (STS-B dev, STS test, speed, stability); 3 seeds: stability cannot be judged
+    assert len(f5) == 8
+    for claim, verdict in f5.items():
+        expected = TOO_FEW if "stability" in claim else HOLDS
+        assert verdict == expected, (claim, verdict)
+    assert [v for _, v in by_id[6]] == [HOLDS]
+    corr = next(f for f in result["findings"] if f["id"] == 4)["detail"]
+    assert corr["phase1_spearman"]["mean"] > 0.9 and corr["phase2_spearman"]["mean"] < -0.9
+
+
+def test_findings_that_the_runs_contradict_do_not_hold():
+    # rank keeps rising (no peak inside), alignment rises in both phases
+    runs = study(rank_up_after_peak=True, align_up_in_phase2=True)
+    for r in runs:
+        if r["name"].startswith("rr-schedule"):  # a schedule that still collapses late
+            for rec in r["log"]:
+                if rec["step"] == 100:
+                    rec["stsb_dev"] -= 2.0
+    result = judge(runs, group_runs(runs), probing_phases([r["name"] for r in runs], flip=False))
+    v = dict((f["id"], f["verdict"]) for f in result["findings"] if f["id"] in (1, 2, 3, 6))
+    assert v == {1: FAILS, 2: TOO_FEW, 3: FAILS, 6: FAILS}  # no Phase 2 in the log: 2 cannot be judged
+
+
+def test_phase_flip_failure_and_correlation_failure():
+    runs = study(align_up_in_phase2=True)
+    # Phase 2 correlation positive: STS-B dev falls with the rank after the peak
+    for r in runs[:3]:
+        for rec in r["log"]:
+            if rec["step"] > 20:
+                rec["stsb_dev"] = 79.0 - 0.01 * rec["step"]
+            if rec["step"] == 100:
+                rec["stsb_dev"] = 80.5  # the best stays the last evaluation
+    result = judge(runs, group_runs(runs))
+    v = dict((f["id"], f["verdict"]) for f in result["findings"] if f["id"] in (2, 4))
+    assert v[2] == FAILS and v[4] == FAILS
+
+
+def test_too_few_runs_say_so_rather_than_pass_or_fail():
+    runs = study(seeds=(1, 2))
+    result = judge(runs, group_runs(runs), probing_phases([r["name"] for r in runs]))
+    assert all(f["verdict"] == TOO_FEW for f in result["findings"]), verdicts(result)
+    assert all(f["why"] for f in result["findings"])
+
+
+def test_not_significant_or_reversed_differences_do_not_hold():
+    runs = study()
+    for r in runs:  # RR no better than the baseline: same best, the schedule too
+        if r["args"]["rank_reduction"]:
+            for rec in r["log"]:
+                rec["stsb_dev"] -= 2.0
+    result = judge(runs, group_runs(runs))
+    perf = [f for f in result["findings"] if f["id"] == 5 and "STS-B dev" in f["claim"]]
+    assert perf and all(f["verdict"] == FAILS for f in perf)
+
+
+def test_spread_is_judged_from_five_seeds():
+    runs = [fake_run(f"baseline-seed{s}", s, noise=0.5) for s in range(1, 6)]
+    runs += [fake_run(f"rr-seed{s}", s, rr=0.1, best=81.0, best_step=50, noise=0.01) for s in range(1, 6)]
+    result = judge(runs, group_runs(runs))
+    stability = next(f for f in result["findings"] if "stability" in f["claim"])
+    assert stability["verdict"] == HOLDS and stability["detail"]["ratio"] < 0.1
+
+
+def test_compare_means_welch_and_exact_permutation():
+    from scipy.stats import ttest_ind
+
+    a, b = [1.0, 2.0, 3.0], [4.0, 5.0, 6.5]
+    out = compare_means(a, b)
+    assert out["diff"] == pytest.approx(5.1667 - 2.0, abs=1e-3)
+    assert out["welch_p"] == pytest.approx(ttest_ind(b, a, equal_var=False).pvalue)
+    assert out["permutation_p"] == pytest.approx(0.1)  # 2 of the 20 splits of 3 + 3 are as extreme
+    assert compare_means([1.0], [2.0])["welch_p"] is None
+    assert math.isnan(float("nan")) and compare_means([], [1.0])["diff"] is None
