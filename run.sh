@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The paper's study in one command (Jung et al. 2024): for every seed, an unsupervised-SimCSE baseline and
-# a Rank Reduction (RR) run with SimCSE's recipe, each best checkpoint scored on the STS test sets, then
-# analyze_rank.py over all runs: one folder with the report, the tables and the plots.
+# The paper's study in one command (Jung et al. 2024): for every seed, an unsupervised-SimCSE baseline,
+# a Rank Reduction (RR) run with a constant weight and one with an RR schedule (utils/rr_schedule.py),
+# with SimCSE's recipe, each best checkpoint scored on the STS test sets, then analyze_rank.py over all
+# runs: one folder with the report, the findings table and the plots.
 #
 #   bash run.sh                                     # bert-base-uncased on wiki1m, seeds 1-5 (downloads what is missing)
 #   SEEDS="1 2 3" RR_WEIGHT=0.05 MODEL=roberta-base bash run.sh
@@ -11,19 +12,33 @@
 #     TRAIN_FILE=../shared/data/train/wiki1m_for_simcse.first11914.txt DATA_DIR=../shared/data \
 #     MAX_STEPS=60 EVAL_STEPS=20 SAVE_STEPS=10 BATCH_SIZE=32 bash run.sh   # a short CPU study
 #
-# Layout: $OUT/runs/{baseline,rr}-seed$S/ (train.py output folders, each with sts_test.json) and
-# $OUT/analysis/ (report.md, checkpoints.csv, summary.json, *.png). Every setting below can be overridden
-# from the environment. A finished run (summary.json with status "finished") is not trained again and a
-# run with saved training state resumes from it, so an interrupted study picks up where it stopped; a
-# run killed before its first saved state is moved to <run>.interrupted and started again.
+# Layout: $OUT/runs/{baseline,rr,rr-schedule}-seed$S/ (train.py output folders, each with sts_test.json),
+# $OUT/analysis/ (report.md, checkpoints.csv, summary.json, *.png) and $OUT/study.settings (the settings
+# below that shape the runs: a later call with other values is refused, naming the setting, so one study
+# never mixes two recipes; more SEEDS or VARIANTS may be added). Every setting can be overridden from the
+# environment. A finished run (summary.json with status "finished") is not trained again and a run with
+# saved training state resumes from it, so an interrupted study picks up where it stopped; a run killed
+# before its first saved state is moved to $OUT/interrupted/ (out of the runs' folder) and started again.
 set -euo pipefail
 cd "$(dirname "$0")"
+
+# One interpreter for every step: PYTHON, else python3 (else python) from PATH; it must import torch.
+PYTHON=${PYTHON:-$(command -v python3 || command -v python || echo python3)}
+if ! "$PYTHON" -c "import torch, transformers, accelerate, scipy" >/dev/null 2>&1; then
+  echo "run.sh: error: $PYTHON cannot import torch, transformers, accelerate and scipy; install the requirements" \
+       "(README) or set PYTHON=/path/to/python" >&2
+  exit 2
+fi
 
 MODEL=${MODEL:-bert-base-uncased}
 TRAIN_FILE=${TRAIN_FILE:-data/wiki1m_for_simcse.txt}
 DATA_DIR=${DATA_DIR:-data}
 SEEDS=${SEEDS:-${SEED:-1 2 3 4 5}}     # SEED (one seed) is still understood
+VARIANTS=${VARIANTS:-baseline rr rr-schedule}  # baseline: SimCSE; rr: constant RR_WEIGHT; rr-schedule: RR_SCHEDULE
 RR_WEIGHT=${RR_WEIGHT:-0.1}            # a default, not a tuned value: the paper's weight is not known to us
+RR_SCHEDULE=${RR_SCHEDULE:-plateau}    # train.py --rr_schedule of the rr-schedule runs ...
+RR_SCHEDULE_ARGS=${RR_SCHEDULE_ARGS:-} # ... and more of its flags, e.g. "--rr_patience 3 --rr_decay_steps 50"
+MAX_GRAD_NORM=${MAX_GRAD_NORM:-1.0}    # the HF Trainer's default clipping, which SimCSE trains with
 BATCH_SIZE=${BATCH_SIZE:-64}
 LR=${LR:-3e-5}
 MAX_LEN=${MAX_LEN:-32}
@@ -36,29 +51,83 @@ SAVE_STEPS=${SAVE_STEPS:-125}          # encoder exports for analyze_rank.py (~0
 SAVE_STEPS_UNTIL=${SAVE_STEPS_UNTIL-1000}  # ... until this step (empty: to the end); best/ and peak/ are kept too
 CHECKPOINT_STEPS=${CHECKPOINT_STEPS:-1000}
 MIXED_PRECISION=${MIXED_PRECISION:-no}
-LAUNCH=${LAUNCH:-python}
+LAUNCH=${LAUNCH:-$PYTHON}
 TRAIN_ARGS=${TRAIN_ARGS:-}             # more train.py flags for every run, e.g. "--unpad_inputs --rank_eval_steps 25"
 PROBING_DIR=${PROBING_DIR:-}           # SentEval probing files: probing accuracies in the analysis ...
 PROBING_AT=${PROBING_AT:-all}          # ... at every checkpoint, or `boundaries` (step 0, rank peak, best)
 OUT=${OUT:-runs/study-$(basename "$MODEL")}
 
+for variant in $VARIANTS; do
+  case $variant in baseline|rr|rr-schedule) ;; *)
+    echo "run.sh: error: VARIANTS: unknown variant '$variant' (choose from baseline rr rr-schedule)" >&2; exit 2;;
+  esac
+done
+
 # SimCSE's data, fetched only where the default paths are empty (user-given paths must exist).
 if [ ! -f "$TRAIN_FILE" ] && [ "$TRAIN_FILE" = data/wiki1m_for_simcse.txt ]; then
-  python -m utils.download wiki1m --out_dir data
+  "$PYTHON" -m utils.download wiki1m --out_dir data || {
+    echo "run.sh: error: could not download the training text; set TRAIN_FILE to a local file (one sentence per line)" >&2
+    exit 2; }
 fi
 if [ ! -d "$DATA_DIR/downstream" ] && [ "$DATA_DIR" = data ]; then
-  python -m utils.download senteval --data_dir data
+  "$PYTHON" -m utils.download senteval --data_dir data || {
+    echo "run.sh: error: could not download SentEval's data; set DATA_DIR to a SentEval data/ folder" >&2; exit 2; }
+fi
+if [ ! -f "$TRAIN_FILE" ]; then echo "run.sh: error: TRAIN_FILE $TRAIN_FILE: no such file" >&2; exit 2; fi
+if [ ! -d "$DATA_DIR/downstream" ]; then
+  echo "run.sh: error: DATA_DIR $DATA_DIR has no downstream/ folder (SentEval's data/ folder is expected)" >&2; exit 2
+fi
+if ! model_error=$("$PYTHON" -c "import sys
+from transformers import AutoConfig, AutoTokenizer
+AutoConfig.from_pretrained(sys.argv[1]); AutoTokenizer.from_pretrained(sys.argv[1])" "$MODEL" 2>&1); then
+  echo "run.sh: error: MODEL $MODEL cannot be loaded (a local folder with config.json and a tokenizer, or a hub" \
+       "name on a machine that reaches the hub): $(echo "$model_error" | tail -n 1)" >&2
+  exit 2
+fi
+
+# The settings that shape every run, recorded once: a rerun with other values would mix two recipes.
+settings="MODEL=$MODEL
+TRAIN_FILE=$TRAIN_FILE
+DATA_DIR=$DATA_DIR
+RR_WEIGHT=$RR_WEIGHT
+RR_SCHEDULE=$RR_SCHEDULE
+RR_SCHEDULE_ARGS=$RR_SCHEDULE_ARGS
+MAX_GRAD_NORM=$MAX_GRAD_NORM
+BATCH_SIZE=$BATCH_SIZE
+LR=$LR
+MAX_LEN=$MAX_LEN
+TEMP=$TEMP
+POOLER=$POOLER
+EPOCHS=$EPOCHS
+MAX_STEPS=$MAX_STEPS
+EVAL_STEPS=$EVAL_STEPS
+SAVE_STEPS=$SAVE_STEPS
+SAVE_STEPS_UNTIL=$SAVE_STEPS_UNTIL
+MIXED_PRECISION=$MIXED_PRECISION
+TRAIN_ARGS=$TRAIN_ARGS"
+mkdir -p "$OUT"
+if [ -f "$OUT/study.settings" ]; then
+  changed=$( (diff <(echo "$settings") "$OUT/study.settings" || true) | sed -n 's/^> \([A-Z_]*\)=.*/\1/p' | sort -u | tr '\n' ' ')
+  if [ -n "$changed" ]; then
+    echo "run.sh: error: $OUT holds a study with other settings ($changed); keep them, or set OUT to a new folder" \
+         "($OUT/study.settings has the old values)" >&2
+    exit 2
+  fi
+else
+  echo "$settings" > "$OUT/study.settings"
 fi
 
 read -r -a train_args <<< "$TRAIN_ARGS"
 run_dirs=()
 failed=()
+read -r -a schedule_args <<< "$RR_SCHEDULE_ARGS"
 for seed in $SEEDS; do
-  for variant in baseline rr; do
+  for variant in $VARIANTS; do
     dir="$OUT/runs/$variant-seed$seed"
     run_dirs+=("$dir")
-    weight=0
-    if [ "$variant" = rr ]; then weight=$RR_WEIGHT; fi
+    weight=0 rr_args=()
+    if [ "$variant" != baseline ]; then weight=$RR_WEIGHT; fi
+    if [ "$variant" = rr-schedule ]; then rr_args=(--rr_schedule "$RR_SCHEDULE" "${schedule_args[@]}"); fi
     if [ -f "$dir/summary.json" ] && grep -q '"status": "finished"' "$dir/summary.json"; then
       echo "run.sh: $dir is finished already; not training again"
     else
@@ -66,25 +135,27 @@ for seed in $SEEDS; do
       if ls -d "$dir"/state/step_*[0-9] >/dev/null 2>&1; then
         resume=(--resume_from_checkpoint latest)
       elif [ -e "$dir" ]; then  # killed before its first saved state: nothing to resume from
-        echo "run.sh: $dir has no saved state to resume from; moving it to $dir.interrupted and starting again"
-        rm -rf "$dir.interrupted"
-        mv "$dir" "$dir.interrupted"
+        aside="$OUT/interrupted/$(basename "$dir")-$(date +%Y%m%d-%H%M%S)"
+        echo "run.sh: $dir has no saved state to resume from; moving it to $aside and starting again"
+        mkdir -p "$OUT/interrupted"
+        mv "$dir" "$aside"
       fi
-      echo "run.sh: training $dir (seed $seed, rank reduction $weight)"
+      echo "run.sh: training $dir (seed $seed, rank reduction $weight${rr_args[*]:+, ${rr_args[*]}})"
       if ! $LAUNCH train.py \
         --model_name_or_path "$MODEL" --train_file "$TRAIN_FILE" --eval_data_dir "$DATA_DIR" --output_dir "$dir" \
         --pooler_type "$POOLER" --per_device_train_batch_size "$BATCH_SIZE" --learning_rate "$LR" \
         --max_seq_length "$MAX_LEN" --temp "$TEMP" --num_train_epochs "$EPOCHS" ${MAX_STEPS:+--max_train_steps "$MAX_STEPS"} \
         --eval_steps "$EVAL_STEPS" --save_steps "$SAVE_STEPS" ${SAVE_STEPS_UNTIL:+--save_steps_until "$SAVE_STEPS_UNTIL"} \
         --save_peak_checkpoint --checkpointing_steps "$CHECKPOINT_STEPS" --checkpoints_total_limit 1 \
-        --mixed_precision "$MIXED_PRECISION" --seed "$seed" --rank-reduction "$weight" "${train_args[@]}" "${resume[@]}"; then
+        --mixed_precision "$MIXED_PRECISION" --max_grad_norm "$MAX_GRAD_NORM" --seed "$seed" \
+        --rank-reduction "$weight" "${rr_args[@]}" "${train_args[@]}" "${resume[@]}"; then
         echo "run.sh: $dir failed; going on with the other runs" >&2
         failed+=("$dir")
         continue
       fi
     fi
     if [ ! -f "$dir/sts_test.json" ]; then  # the STS test sets, once per best checkpoint
-      python evaluate.py --model_name_or_path "$dir/best" --mode test --task_set sts --data_dir "$DATA_DIR" \
+      "$PYTHON" evaluate.py --model_name_or_path "$dir/best" --mode test --task_set sts --data_dir "$DATA_DIR" \
         --output_json "$dir/sts_test.json"
     fi
   done
@@ -94,7 +165,7 @@ analysed=()
 for dir in "${run_dirs[@]}"; do
   if [ -f "$dir/metrics.jsonl" ]; then analysed+=("$dir"); fi
 done
-python analyze_rank.py --runs "${analysed[@]}" --data_dir "$DATA_DIR" --out "$OUT/analysis" \
+"$PYTHON" analyze_rank.py --runs "${analysed[@]}" --data_dir "$DATA_DIR" --out "$OUT/analysis" \
   ${PROBING_DIR:+--probing_dir "$PROBING_DIR" --probing_at "$PROBING_AT"}
 echo "run.sh: report in $OUT/analysis/report.md"
 if [ ${#failed[@]} -gt 0 ]; then

@@ -1,17 +1,25 @@
-"""run.sh, the study in one command, on a tiny model: two runs per seed, their STS test scores, the analysis,
-and a second call that trains nothing again."""
+"""run.sh, the study in one command, on a tiny model: three runs per seed (baseline, constant RR, RR schedule),
+their STS test scores, the analysis, a second call that trains nothing again, and its one-line refusals."""
 
 import json
 import os
 import subprocess
+import sys
+
+import pytest
 
 from tests.conftest import REPO
 
+SETTINGS = dict(SEEDS="1", MAX_STEPS="4", EVAL_STEPS="2", SAVE_STEPS="2", BATCH_SIZE="8", MAX_LEN="16",
+                LR="1e-3", CHECKPOINT_STEPS="2", TRAIN_ARGS="--unpad_inputs --rank_eval_steps 2",
+                RR_SCHEDULE_ARGS="--rr_patience 1")
 
-def _study(tmp_path, model, corpus, data):
-    env = dict(os.environ, SEEDS="1", MODEL=str(model), TRAIN_FILE=str(corpus), DATA_DIR=str(data),
-               OUT=str(tmp_path / "study"), MAX_STEPS="4", EVAL_STEPS="2", SAVE_STEPS="2", BATCH_SIZE="8",
-               MAX_LEN="16", LR="1e-3", CHECKPOINT_STEPS="2", TRAIN_ARGS="--unpad_inputs --rank_eval_steps 2")
+
+def _study(tmp_path, model, corpus, data, **overrides):
+    # the interpreter running the tests, whatever `python` on PATH is
+    env = dict(os.environ, **SETTINGS, PYTHON=sys.executable, MODEL=str(model), TRAIN_FILE=str(corpus),
+               DATA_DIR=str(data), OUT=str(tmp_path / "study"))
+    env.update(overrides)
     return subprocess.run(["bash", str(REPO / "run.sh")], capture_output=True, text=True, cwd=REPO, env=env,
                           timeout=900)
 
@@ -20,14 +28,52 @@ def test_study_trains_scores_analyses_and_resumes(tmp_path, tiny_bert, corpus, s
     proc = _study(tmp_path, tiny_bert, corpus, shared_data)
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs = tmp_path / "study" / "runs"
-    for name, weight in (("baseline-seed1", 0.0), ("rr-seed1", 0.1)):
+    for name, weight, schedule in (("baseline-seed1", 0.0, "constant"), ("rr-seed1", 0.1, "constant"),
+                                   ("rr-schedule-seed1", 0.1, "plateau")):
         summary = json.loads((runs / name / "summary.json").read_text())
         assert summary["status"] == "finished" and summary["steps"] == 4
         assert summary["rank_reduction"]["weight"] == weight
+        assert summary["rank_reduction"]["schedule"] == schedule
+        assert summary["args"]["max_grad_norm"] == 1.0
         assert summary["args"]["unpad_inputs"] is True and summary["args"]["rank_eval_steps"] == 2  # TRAIN_ARGS
         assert "STSBenchmark" in json.loads((runs / name / "sts_test.json").read_text())["tasks"]
+    assert json.loads((runs / "rr-schedule-seed1" / "summary.json").read_text())["args"]["rr_patience"] == 1
     assert (tmp_path / "study" / "analysis" / "report.md").is_file()
+    assert "RR_SCHEDULE=plateau" in (tmp_path / "study" / "study.settings").read_text()
 
     again = _study(tmp_path, tiny_bert, corpus, shared_data)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert again.stdout.count("is finished already; not training again") == 2
+    assert again.stdout.count("is finished already; not training again") == 3
+
+    # the same OUT with another recipe is refused by name, before anything runs; the runs stay as they were
+    before = (runs / "rr-seed1" / "metrics.jsonl").read_bytes()
+    changed = _study(tmp_path, tiny_bert, corpus, shared_data, LR="2e-3", RR_WEIGHT="0.5")
+    assert changed.returncode == 2 and "LR" in changed.stderr and "RR_WEIGHT" in changed.stderr
+    assert len(changed.stderr.strip().splitlines()) == 1
+    assert (runs / "rr-seed1" / "metrics.jsonl").read_bytes() == before
+
+
+def test_a_run_killed_before_its_first_state_is_moved_out_of_the_runs_folder(tmp_path, tiny_bert, corpus,
+                                                                             shared_data):
+    half = tmp_path / "study" / "runs" / "baseline-seed1"
+    half.mkdir(parents=True)
+    (half / "metrics.jsonl").write_text('{"step": 0}\n')
+    proc = _study(tmp_path, tiny_bert, corpus, shared_data, VARIANTS="baseline")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sorted(os.listdir(tmp_path / "study" / "runs")) == ["baseline-seed1"]
+    aside = os.listdir(tmp_path / "study" / "interrupted")
+    assert len(aside) == 1 and aside[0].startswith("baseline-seed1-")
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"PYTHON": "/bin/false"}, "cannot import torch"),
+    ({"TRAIN_FILE": "/nowhere/train.txt"}, "TRAIN_FILE /nowhere/train.txt: no such file"),
+    ({"DATA_DIR": "/nowhere"}, "DATA_DIR /nowhere has no downstream/"),
+    ({"MODEL": "/nowhere/model"}, "MODEL /nowhere/model cannot be loaded"),
+    ({"VARIANTS": "baseline rrr"}, "unknown variant 'rrr'"),
+])
+def test_bad_settings_fail_with_one_line(tmp_path, tiny_bert, corpus, shared_data, overrides, message):
+    proc = _study(tmp_path, tiny_bert, corpus, shared_data, **overrides)
+    assert proc.returncode == 2
+    assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert not (tmp_path / "study" / "runs").exists()
