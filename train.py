@@ -139,7 +139,11 @@ def parse_args(argv=None):
                    help="linear/cosine: steps from RR's start to lambda = 0 (None: to the last step); "
                         "plateau: steps of the linear decay once STS-B dev stalls (None or 0: off at once)")
     p.add_argument("--rr_patience", type=number(int, 1), default=2,
-                   help="plateau: evaluations (every --eval_steps) without a new best STS-B dev before lambda decays")
+                   help="plateau, target: evaluations (every --eval_steps) without a new best STS-B dev before "
+                        "lambda decays (plateau) or is steered (target)")
+    p.add_argument("--rr_gain", type=number(float, 0, inclusive=False), default=0.2,
+                   help="target: lambda += gain * rank_reduction * (batch VNE - its value at the best evaluation) "
+                        "per step, in [0, 2 * rank_reduction]")
     p.add_argument("--report_to", default="none", choices=["none", "tensorboard", "wandb", "all"],
                    help="also send the records to these trackers (accelerate; logs under OUTPUT_DIR)")
     args = p.parse_args(argv)
@@ -165,24 +169,26 @@ def make_optimizer(model, lr: float, weight_decay: float, device) -> torch.optim
 
 
 def train_step(model, optimizer, scheduler, accelerator, batch, temp: float, rr_weight: float = 0.0,
-               rr_on: str = "mlp", max_grad_norm: float = 0.0):
+               rr_on: str = "mlp", max_grad_norm: float = 0.0, measure_vne: bool = False):
     """One optimizer step of unsupervised SimCSE (+ Rank Reduction when rr_weight > 0) on a tokenized batch.
 
     Returns (terms, finite): terms = the detached (loss, InfoNCE, VNE, gradient norm before clipping), the
     first three averaged over processes, left on the device; finite = whether the loss and the gradient
     norm were finite (when not, no update is made: a finite loss can still overflow the gradients, and
     one inf would put inf into Adam's second moments for good). The one value the host waits for is
-    that flag, once the backward pass is queued.
+    that flag, once the backward pass is queued. measure_vne: compute the VNE even at rr_weight 0 (the
+    target schedule's controller reads it).
     """
     batch = {k: v.to(accelerator.device, non_blocking=True) for k, v in batch.items()}
     # One forward pass, two dropout views: rows [0, B) and [B, 2B) are the same sentences.
-    rr_on_encoder = rr_weight > 0 and rr_on == "encoder"
+    with_rr = rr_weight > 0 or measure_vne
+    rr_on_encoder = with_rr and rr_on == "encoder"
     out = model(**{k: torch.cat([v, v]) for k, v in batch.items()}, return_pooled=rr_on_encoder)
     z, rr_input = out if rr_on_encoder else (out, out)
     z1, z2 = z.chunk(2)
     infonce = contrastive_loss(z1, z2, temp)
     loss, vne = infonce, infonce.new_zeros(())
-    if rr_weight > 0:
+    if with_rr:
         # Rank Reduction: lower the von Neumann entropy (log effective rank) of each view's global batch
         vne = vne_penalty(torch.stack(rr_input.chunk(2)), gather=True).mean()  # both views in one call
         loss = infonce + rr_weight * vne
@@ -362,7 +368,8 @@ def train(argv=None):
         model = torch.compile(model, mode=None if args.torch_compile == "default" else args.torch_compile)
     state = TrainState()
     detector = PeakDetector(args.phase_patience, args.phase_margin)
-    rr_schedule = RRSchedule(args.rank_reduction, args.rr_schedule, total_steps, args.rr_decay_steps, args.rr_patience)
+    rr_schedule = RRSchedule(args.rank_reduction, args.rr_schedule, total_steps, args.rr_decay_steps, args.rr_patience,
+                             args.rr_gain)
     accelerator.register_for_checkpointing(scheduler, state, detector, rr_schedule)
     peak_checkpoint = PeakCheckpoint(args.output_dir, keep=detector.window // 2 + 1) if args.save_peak_checkpoint else None
 
@@ -488,7 +495,7 @@ def train(argv=None):
         step_start = time.perf_counter()
         rr_weight = rr_schedule.weight(state.step, active=args.rr_start == "0" or detector.declared)
         terms, finite = train_step(model, optimizer, scheduler, accelerator, batches(state.step), args.temp,
-                                   rr_weight, args.rr_on, args.max_grad_norm)
+                                   rr_weight, args.rr_on, args.max_grad_norm, measure_vne=rr_schedule.reads_vne)
         if not finite:
             loss_value, grad_norm = terms[0].item(), terms[3].item()
             what = f"the loss became {loss_value}" if not math.isfinite(loss_value) else \
@@ -496,6 +503,8 @@ def train(argv=None):
             status = f"stopped: {what} at step {state.step + 1}"
             break
         state.step += 1
+        if rr_schedule.reads_vne:  # the target schedule steers by every step's VNE (a value the host has waited for)
+            rr_schedule.observe(terms[2].item())
         window += torch.cat([terms, terms.new_tensor([rr_weight])])
         state.window_steps += 1
         state.train_seconds += time.perf_counter() - step_start

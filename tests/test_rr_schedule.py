@@ -71,3 +71,47 @@ def test_bad_arguments_are_refused(kwargs):
     args = dict(weight=0.1, kind="constant", total_steps=10) | kwargs
     with pytest.raises(ValueError):
         RRSchedule(**args)
+
+
+def test_target_holds_the_weight_until_the_stall_then_steers_the_vne_back_to_the_best_evaluations():
+    s = RRSchedule(0.1, "target", 100, patience=1, gain=0.5)
+    assert s.reads_vne and not RRSchedule(0.1, "plateau", 100).reads_vne and not RRSchedule(0.0, "target").reads_vne
+    assert s.weight(0) == 0.1
+    s.observe(3.0)
+    assert s.vne_ema == 3.0
+    assert not s.on_eval(1, 80.0)  # the best: its VNE (moving average) is the target
+    assert s.target == 3.0
+    for vne in (2.0, 2.0):  # the rank falls under RR, but the controller is not on yet
+        s.observe(vne)
+        assert s.weight(2) == 0.1
+    ema = s.vne_ema
+    assert ema == pytest.approx(0.9 * (0.9 * 3 + 0.1 * 2) + 0.1 * 2)
+    assert s.on_eval(3, 79.0)  # the stall: the controller takes over from λ = 0.1
+    s.observe(2.0)
+    ema = 0.9 * ema + 0.1 * 2.0
+    assert s.weight(4) == pytest.approx(0.1 + 0.5 * 0.1 * (ema - 3.0))  # VNE below target: λ lowered
+    for _ in range(100):  # far below for long: λ stops at 0, never below
+        s.observe(1.0)
+    assert s.weight(5) == 0.0
+    for _ in range(200):  # far above: at most 2 λ0
+        s.observe(5.0)
+    assert s.weight(6) == pytest.approx(0.2)
+
+
+def test_target_state_resumes_the_same_sequence():
+    def drive(schedule, steps):
+        out = []
+        for step in steps:
+            out.append(schedule.weight(step))
+            schedule.observe(3.0 - 0.01 * step + 0.05 * (step % 3))
+            if step % 5 == 4:
+                schedule.on_eval(step + 1, [80, 81, 80.5, 80.2, 80.1, 81][(step // 5) % 6])
+        return out
+
+    full = drive(RRSchedule(0.5, "target", 40, patience=2), range(40))
+    first = RRSchedule(0.5, "target", 40, patience=2)
+    head = drive(first, range(17))
+    resumed = RRSchedule(0.5, "target", 40, patience=2)
+    resumed.load_state_dict(first.state_dict())
+    assert head + drive(resumed, range(17, 40)) == full
+    assert len(set(full[20:])) > 5  # the controller moved λ

@@ -29,7 +29,7 @@ def test_study_trains_scores_analyses_and_resumes(tmp_path, tiny_bert, corpus, s
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs = tmp_path / "study" / "runs"
     for name, weight, schedule in (("baseline-seed1", 0.0, "constant"), ("rr-seed1", 0.1, "constant"),
-                                   ("rr-schedule-seed1", 0.1, "plateau")):
+                                   ("rr-schedule-seed1", 0.1, "target")):
         summary = json.loads((runs / name / "summary.json").read_text())
         assert summary["status"] == "finished" and summary["steps"] == 4
         assert summary["rank_reduction"]["weight"] == weight
@@ -39,7 +39,7 @@ def test_study_trains_scores_analyses_and_resumes(tmp_path, tiny_bert, corpus, s
         assert "STSBenchmark" in json.loads((runs / name / "sts_test.json").read_text())["tasks"]
     assert json.loads((runs / "rr-schedule-seed1" / "summary.json").read_text())["args"]["rr_patience"] == 1
     assert (tmp_path / "study" / "analysis" / "report.md").is_file()
-    assert "RR_SCHEDULE=plateau" in (tmp_path / "study" / "study.settings").read_text()
+    assert "RR_SCHEDULE=target" in (tmp_path / "study" / "study.settings").read_text()
 
     again = _study(tmp_path, tiny_bert, corpus, shared_data)
     assert again.returncode == 0, again.stderr[-3000:]

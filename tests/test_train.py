@@ -570,3 +570,18 @@ def test_a_full_disk_is_one_error_and_leaves_no_half_written_folder(tmp_path, ti
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: no space left on the disk") and "best_metrics.json" in err[-1]
     assert not (out / "best").exists() and not [p for p in os.listdir(out) if p.endswith(".tmp")]
+
+
+def test_rr_target_schedule_steers_lambda_after_the_stall(tmp_path, tiny_bert, corpus, fake_senteval):
+    out = tmp_path / "out"
+    proc = run(train_cmd(tiny_bert, corpus, fake_senteval, out, "--max_train_steps", "12", "--eval_steps", "2",
+                         "--logging_steps", "1", "--rank-reduction", "0.5", "--rr_schedule", "target",
+                         "--rr_patience", "1", "--rr_gain", "5"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.load(open(out / "summary.json"))
+    stalled = summary["rank_reduction"]["schedule_state"]["decay_from"]
+    trains = [r for r in records(out) if r["event"] == "train"]
+    assert all(r["rr_vne"] > 0 for r in trains)  # measured at every step, whatever λ is
+    assert stalled is not None  # the toy model's STS-B dev stalls within 12 steps (seed 7, deterministic on CPU)
+    assert {r["rr_weight"] for r in trains if r["step"] <= stalled} == {0.5}
+    assert len({r["rr_weight"] for r in trains if r["step"] > stalled + 1}) > 1

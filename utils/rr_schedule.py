@@ -10,6 +10,11 @@ follows it down (the late collapse). A schedule keeps RR's early push and takes 
   has not improved for `patience` evaluations in a row, then decays linearly to 0 over `decay_steps`
   (0: off at once). The dev set already decides which checkpoint is kept; here it also decides when RR
   has done its job, as ReduceLROnPlateau does for a learning rate.
+- target: as plateau until STS-B dev stalls, then λ is steered so that the batch VNE (the quantity RR
+  penalises, an exponential moving average of it) stays where it was at the best evaluation: each step
+  λ += gain · λ₀ · (VNE − target), kept in [0, 2 λ₀]. Switching RR off lets the rank climb back and, on
+  all-MiniLM-L6-v2, the score fall with it; a constant λ keeps pushing the rank down past the best; the
+  controller holds the rank of the best checkpoint instead.
 
 RR starts at step 0 or at the declared rank peak (train.py --rr_start); the schedule counts from that
 step. All state is in `state_dict`, so a resumed run continues the same λ sequence.
@@ -17,21 +22,23 @@ step. All state is in `state_dict`, so a resumed run continues the same λ seque
 
 import math
 
-SCHEDULES = ("constant", "linear", "cosine", "plateau")
+SCHEDULES = ("constant", "linear", "cosine", "plateau", "target")
+EMA = 0.9  # target: the moving average of the batch VNE, over ~10 steps (one batch's VNE is noisy)
 
 
 class RRSchedule:
     def __init__(self, weight: float, kind: str = "constant", total_steps: int = 1, decay_steps: int | None = None,
-                 patience: int = 2):
+                 patience: int = 2, gain: float = 0.2):
         if kind not in SCHEDULES:
             raise ValueError(f"unknown RR schedule {kind!r}; choose one of {', '.join(SCHEDULES)}")
         if weight < 0 or total_steps < 1 or patience < 1 or (decay_steps is not None and decay_steps < 0):
             raise ValueError("weight must be >= 0, total_steps and patience >= 1, decay_steps >= 0")
         self.base, self.kind, self.total_steps = weight, kind, total_steps
-        self.decay_steps, self.patience = decay_steps, patience
+        self.decay_steps, self.patience, self.gain = decay_steps, patience, gain
         self.start_step = None  # the first step RR was on
         self.best, self.evals_since_best = -math.inf, 0
-        self.decay_from = None  # plateau: the step the decay began
+        self.decay_from = None  # plateau / target: the step STS-B dev stalled at
+        self.vne_ema, self.target, self.lam = None, None, weight  # target: the controller's state
 
     def weight(self, step: int, active: bool = True) -> float:
         """λ for optimizer step `step` (0-based: the step about to be taken); 0 while RR is not `active`
@@ -42,6 +49,8 @@ class RRSchedule:
             self.start_step = step
         if self.kind == "constant":
             return self.base
+        if self.kind == "target":
+            return self.base if self.decay_from is None else self.lam
         if self.kind == "plateau":
             if self.decay_from is None:
                 return self.base
@@ -57,13 +66,26 @@ class RRSchedule:
         """1 at elapsed = 0, falling linearly to 0 at elapsed = span (0 at once when span is 0)."""
         return max(0.0, 1 - elapsed / span) if span > 0 else 0.0
 
+    @property
+    def reads_vne(self) -> bool:
+        """Whether `observe` needs each step's batch VNE (the target schedule's controller)."""
+        return self.kind == "target" and self.base > 0
+
+    def observe(self, vne: float) -> None:
+        """Feed the batch VNE of the step just taken (target schedule): the moving average, and once STS-B dev
+        has stalled, the controller's step towards the VNE of the best evaluation."""
+        self.vne_ema = vne if self.vne_ema is None else EMA * self.vne_ema + (1 - EMA) * vne
+        if self.decay_from is not None and self.target is not None:
+            self.lam = min(2 * self.base, max(0.0, self.lam + self.gain * self.base * (self.vne_ema - self.target)))
+
     def on_eval(self, step: int, score: float) -> bool:
-        """Feed the STS-B dev score of the evaluation after `step` steps; True when this evaluation starts the
-        plateau schedule's decay. Evaluations before RR has started do not count."""
-        if self.kind != "plateau" or self.decay_from is not None or self.start_step is None:
+        """Feed the STS-B dev score of the evaluation after `step` steps; True when this evaluation is the
+        stall that starts the plateau schedule's decay or the target schedule's controller. Evaluations
+        before RR has started do not count."""
+        if self.kind not in ("plateau", "target") or self.decay_from is not None or self.start_step is None:
             return False
         if score is not None and math.isfinite(score) and score > self.best:
-            self.best, self.evals_since_best = score, 0
+            self.best, self.evals_since_best, self.target = score, 0, self.vne_ema
             return False
         self.evals_since_best += 1
         if self.evals_since_best >= self.patience:
@@ -72,7 +94,8 @@ class RRSchedule:
         return False
 
     def state_dict(self) -> dict:
-        return {k: getattr(self, k) for k in ("start_step", "best", "evals_since_best", "decay_from")}
+        return {k: getattr(self, k) for k in ("start_step", "best", "evals_since_best", "decay_from", "vne_ema",
+                                              "target", "lam")}
 
     def load_state_dict(self, state: dict) -> None:
         for k, v in state.items():

@@ -24,12 +24,12 @@ RESUME_MAY_CHANGE = {
     "rank_eval_until", "save_steps", "save_steps_until", "checkpointing_steps", "checkpoints_total_limit",
     "save_peak_checkpoint", "report_to", "probe_split", "energy_tau", "phase_patience", "phase_margin",
 }
-# ... unless training reads the evaluations: the plateau schedule reads STS-B dev, --rr_start peak the
+# ... unless training reads the evaluations: the plateau and target schedules read STS-B dev, --rr_start peak the
 # declared rank peak, so then their cadence and detector settings are training arguments too.
-EVAL_DRIVES_TRAINING = {"eval_steps": ("rr_schedule", "plateau"), "rank_eval_steps": ("rr_start", "peak"),
-                        "rank_eval_until": ("rr_start", "peak"), "phase_patience": ("rr_start", "peak"),
-                        "phase_margin": ("rr_start", "peak"), "phase_metric": ("rr_start", "peak"),
-                        "probe_split": ("rr_start", "peak"), "energy_tau": ("rr_start", "peak")}
+PEAK = ("rr_start", ("peak",))
+EVAL_DRIVES_TRAINING = {"eval_steps": ("rr_schedule", ("plateau", "target")), "rank_eval_steps": PEAK,
+                        "rank_eval_until": PEAK, "phase_patience": PEAK, "phase_margin": PEAK, "phase_metric": PEAK,
+                        "probe_split": PEAK, "energy_tau": PEAK}
 
 
 class RunFolderError(ValueError):
@@ -106,7 +106,7 @@ def compare_args(saved: dict, current: dict) -> tuple[dict, dict]:
         if old == new:
             continue
         driven = EVAL_DRIVES_TRAINING.get(key)
-        reads_it = driven is not None and current.get(driven[0]) == driven[1]
+        reads_it = driven is not None and current.get(driven[0]) in driven[1]
         longer = key == "max_train_steps" and old is not None and new is not None and new > old
         (allowed if (key in RESUME_MAY_CHANGE and not reads_it) or longer else refused)[key] = (old, new)
     return refused, allowed
