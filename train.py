@@ -258,7 +258,7 @@ def main(argv=None):
     except OSError as err:
         if err.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
-        print(f"error: no space left on the disk ({err.filename or 'while saving'}); training stopped. Every "
+        print(f"\nerror: no space left on the disk ({err.filename or 'while saving'}); training stopped. Every "
               "earlier save is complete (saves are written aside, then renamed into place): free space and "
               "resume with --resume_from_checkpoint latest", file=sys.stderr)
         raise SystemExit(2) from None

@@ -9,6 +9,10 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+# One thread per process, for the tests and every script they start: two test workers run at once
+# (pytest.ini), and two multi-threaded torch processes on two cores wait on each other's threads.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 # ../shared holds the real data and the one real encoder these machines have (see README).
 SHARED = Path(os.environ.get("SHARED_DIR", REPO.parent / "shared"))
 SHARED_DATA = SHARED / "data"

@@ -350,19 +350,21 @@ def time_in_training_eval(model_dir, args, device) -> dict:
     from utils.encode import default_max_length
     from utils.model import SimCSEModel, load_pretrained
     from utils.rank import stsb_probe
+    from utils.sts import load_sts_tasks
 
     encoder, tokenizer = load_pretrained(model_dir)
+    dev_tasks = load_sts_tasks(args.data_dir, "dev")
     model = SimCSEModel(encoder, "cls", True).to(device)
     probe_sentences, probe_pairs = stsb_probe(args.data_dir, "dev")
     kwargs = dict(batch_size=args.eval_batch_size, max_length=default_max_length(tokenizer, encoder.config),
                   device=device)
     # one untimed evaluation first: training evaluates every --eval_steps, so the steady state is what counts
-    in_training_eval(model, tokenizer, args.data_dir, probe_sentences, probe_pairs, True, **kwargs)
+    in_training_eval(model, tokenizer, dev_tasks, probe_sentences, probe_pairs, True, **kwargs)
     out = {}
     for kind, full in (("full", True), ("rank_only", False)):
         sync(device)
         start = time.perf_counter()
-        in_training_eval(model, tokenizer, args.data_dir, probe_sentences, probe_pairs, full, **kwargs)
+        in_training_eval(model, tokenizer, dev_tasks, probe_sentences, probe_pairs, full, **kwargs)
         sync(device)
         out[f"{kind}_seconds"] = time.perf_counter() - start
     return out
