@@ -64,14 +64,23 @@ for variant in $VARIANTS; do
 done
 
 # SimCSE's data, fetched only where the default paths are empty (user-given paths must exist).
+# A failed download is one line: the downloader's reason and what to set instead (its log is kept).
+download() {  # what, the variable to set instead, downloader arguments...
+  local what=$1 instead=$2 log
+  shift 2
+  log=$(mktemp)
+  echo "run.sh: downloading $what (utils.download $*)"
+  if ! "$PYTHON" -m utils.download "$@" 2>"$log"; then
+    echo "run.sh: error: could not download $what ($(grep -v '^\s*$' "$log" | tail -n 1 | sed 's/^error: //')); $instead" >&2
+    exit 2
+  fi
+  rm -f "$log"
+}
 if [ ! -f "$TRAIN_FILE" ] && [ "$TRAIN_FILE" = data/wiki1m_for_simcse.txt ]; then
-  "$PYTHON" -m utils.download wiki1m --out_dir data || {
-    echo "run.sh: error: could not download the training text; set TRAIN_FILE to a local file (one sentence per line)" >&2
-    exit 2; }
+  download "the training text" "set TRAIN_FILE to a local file, one sentence per line" wiki1m --out_dir data
 fi
 if [ ! -d "$DATA_DIR/downstream" ] && [ "$DATA_DIR" = data ]; then
-  "$PYTHON" -m utils.download senteval --data_dir data || {
-    echo "run.sh: error: could not download SentEval's data; set DATA_DIR to a SentEval data/ folder" >&2; exit 2; }
+  download "SentEval's data" "set DATA_DIR to a SentEval data/ folder" senteval --data_dir data
 fi
 if [ ! -f "$TRAIN_FILE" ]; then echo "run.sh: error: TRAIN_FILE $TRAIN_FILE: no such file" >&2; exit 2; fi
 if [ ! -d "$DATA_DIR/downstream" ]; then

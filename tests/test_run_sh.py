@@ -71,8 +71,14 @@ def test_a_run_killed_before_its_first_state_is_moved_out_of_the_runs_folder(tmp
     ({"DATA_DIR": "/nowhere"}, "DATA_DIR /nowhere has no downstream/"),
     ({"MODEL": "/nowhere/model"}, "MODEL /nowhere/model cannot be loaded"),
     ({"VARIANTS": "baseline rrr"}, "unknown variant 'rrr'"),
+    # the default training text is downloaded; a proxy on a closed local port makes that fail at once
+    ({"TRAIN_FILE": "data/wiki1m_for_simcse.txt", "https_proxy": "http://127.0.0.1:9",
+      "HTTPS_PROXY": "http://127.0.0.1:9", "no_proxy": "", "NO_PROXY": ""},
+     "could not download the training text ("),
 ])
 def test_bad_settings_fail_with_one_line(tmp_path, tiny_bert, corpus, shared_data, overrides, message):
+    if overrides.get("TRAIN_FILE", "").startswith("data/") and (REPO / overrides["TRAIN_FILE"]).exists():
+        pytest.skip("data/wiki1m_for_simcse.txt exists here: nothing to download")
     proc = _study(tmp_path, tiny_bert, corpus, shared_data, **overrides)
     assert proc.returncode == 2
     assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
