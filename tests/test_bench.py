@@ -1,4 +1,4 @@
-"""utils.bench runs end to end on tiny models and writes the JSON the issue asks for (speed itself is
+"""utils.bench runs end to end on tiny models and writes the JSON docs/speed.md describes (speed itself is
 not asserted: benchmarks print tables, tests check that they measure)."""
 
 import json

@@ -332,7 +332,7 @@ BF16 = ("--mixed_precision", "bf16")
     ((), ("--pad_to_max_length",), 1e-4),
     pytest.param((), ("--torch_compile",), 1e-4, marks=pytest.mark.skipif(
         not shutil.which("c++"), reason="torch.compile on a CPU needs a C++ compiler (none on PATH)")),
-    (BF16, (*BF16, "--unpad_inputs"), 1e-3),  # bf16 autocast on the CPU: the 1e-3
+    (BF16, (*BF16, "--unpad_inputs"), 1e-3),  # bf16 autocast on the CPU: within 1e-3
 ])
 def test_speed_flags_leave_the_numbers_unchanged(tmp_path, no_dropout_bert, corpus, fake_senteval, base, fast, tol):
     runs = {}
