@@ -11,12 +11,15 @@ Phase 2 (peak -> best STS-B dev checkpoint) per run, and seeds x configurations 
 
 Checkpoints of a run: checkpoints/step-NNNNNN/ (train.py --save_steps), best/, peak/, and step 0 from
 the starting model where no export has it. Each checkpoint is embedded once (utils.encode, the run's
-evaluation pooler) and every metric reads that one cache, in train.py's order, so a checkpoint scores
+evaluation embedding: an export's config.sentence_embedding, e.g. PromptBERT's template and [MASK] state,
+else its pooler; the starting model is read the way the run's exports are) and every metric reads that one
+cache, in train.py's order, so a checkpoint scores
 what the training log says it scored. Outputs in --out: checkpoints.csv, summary.json, report.md (also
 printed) and PNG plots (matplotlib is optional: without it the tables are written and plots skipped).
 """
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -26,7 +29,7 @@ import torch
 from utils.analysis import band, group_runs, group_stats, load_run, phase_analysis, phase_labels
 from utils.cli import number
 from utils.data import DataError, check_output_path
-from utils.encode import EmbeddingCache, default_max_length, encode, parse_device
+from utils.encode import EmbeddingCache, default_max_length, encode, parse_device, sentence_embedding_of
 from utils.findings import judge
 from utils.model import ModelLoadError, load_pretrained
 from utils.pooling import PooledEncoder
@@ -58,6 +61,35 @@ def parse_args(argv=None):
     if args.energy_tau > 1:
         p.error(f"argument --energy_tau: must be <= 1, got {args.energy_tau}")
     return args
+
+
+def embedding_of(checkpoint: dict, config, run_embedding: dict | None) -> dict:
+    """{"pooler", "template", "period"} one checkpoint is read with: an export's own config.sentence_embedding,
+    else its config.sentence_pooler (else cls); the starting model (its pooler given by the run) the run's
+    exports' sentence_embedding where they record one, so every step of a run is the same embedding.
+    Raises ModelLoadError for a malformed sentence_embedding (the checkpoint is then skipped, with a note)."""
+    if checkpoint["pooler"] is not None:
+        return run_embedding or {"pooler": checkpoint["pooler"], "template": None, "period": False}
+    try:
+        spec = sentence_embedding_of(config)
+    except ValueError as err:
+        raise ModelLoadError(f"{checkpoint['path']}/{err}") from None
+    return spec or {"pooler": getattr(config, "sentence_pooler", None) or "cls", "template": None, "period": False}
+
+
+def run_sentence_embedding(run: dict) -> dict | None:
+    """The config.sentence_embedding of the run's first export that records a readable one, else None."""
+    for checkpoint in run["checkpoints"]:
+        if checkpoint["pooler"] is not None:  # the starting model, not an export
+            continue
+        try:
+            with open(os.path.join(checkpoint["path"], "config.json")) as f:
+                spec = sentence_embedding_of(json.load(f))
+        except (OSError, ValueError):  # left to that checkpoint's own load, which notes it
+            continue
+        if spec:
+            return spec
+    return None
 
 
 def main(argv=None):
@@ -97,14 +129,18 @@ def main(argv=None):
 
     transformers.utils.logging.disable_progress_bar()  # one progress bar: ours, over checkpoints
 
-    def measure(checkpoint, sts: bool, probing: bool) -> dict:
-        """Load one checkpoint, embed each sentence once, and compute what is asked for."""
+    def measure(checkpoint, sts: bool, probing: bool, run_embedding: dict | None = None) -> dict:
+        """Load one checkpoint, embed each sentence once, and compute what is asked for. `run_embedding`:
+        the sentence_embedding the run's exports record, which the starting model is read with."""
         encoder, tokenizer = load_pretrained(checkpoint["path"], flag="--runs")
-        pooler = checkpoint["pooler"] or getattr(encoder.config, "sentence_pooler", None) or "cls"
-        model = PooledEncoder(encoder, pooler).to(device)
+        spec = embedding_of(checkpoint, encoder.config, run_embedding)
+        try:
+            model = PooledEncoder(encoder, spec["pooler"], mask_token_id=tokenizer.mask_token_id).to(device)
+        except ValueError as err:  # the mask pooler on a tokenizer without a mask token
+            raise ModelLoadError(f"{checkpoint['path']}: {err}") from None
         max_length = default_max_length(tokenizer, encoder.config)
-        embed = EmbeddingCache(lambda s: encode(model, tokenizer, s, batch_size=args.batch_size,
-                                                max_length=max_length, device=device))
+        embed = EmbeddingCache(lambda s: encode(model, tokenizer, s, batch_size=args.batch_size, max_length=max_length,
+                                                device=device, template=spec["template"], period=spec["period"]))
         row = {}
         if sts:  # train.py's order: probe set, then STS-B dev / SICK-R trial (same batches, same numbers)
             row.update(probe_metrics(embed(probe_sentences), probe_pairs, tau=args.energy_tau))
@@ -126,6 +162,7 @@ def main(argv=None):
     # ---- the sweep: every checkpoint of every run, one progress bar
     from tqdm.auto import tqdm
 
+    run_embeddings = {run["name"]: run_sentence_embedding(run) for run in runs}
     total = sum(len(r["checkpoints"]) for r in runs)
     print(f"{len(runs)} run(s), {total} checkpoints | rank = {args.phase_metric} | probe set: STS-B "
           f"{args.probe_split}, {len(probe_sentences)} sentences | {device}")
@@ -138,7 +175,7 @@ def main(argv=None):
                 progress.set_postfix_str(f"{run['name']} step {checkpoint['step']}")
                 every = probing_tasks is not None and args.probing_at == "all"
                 try:
-                    measured = measure(checkpoint, sts=True, probing=every)
+                    measured = measure(checkpoint, sts=True, probing=every, run_embedding=run_embeddings[run["name"]])
                 except ModelLoadError as err:  # e.g. a deleted or corrupted export, a hub name offline
                     run["notes"].append(f"step {checkpoint['step']} ({checkpoint['source']}) skipped: {err.reason}")
                     run["checkpoints"].remove(checkpoint)
@@ -163,7 +200,7 @@ def main(argv=None):
             todo += [(run, row) for row in rows if row["step"] in wanted]
         for run, row in tqdm(todo, desc="probing", unit="ckpt"):
             checkpoint = next(c for c in run["checkpoints"] if c["step"] == row["step"])
-            row.update(measure(checkpoint, sts=False, probing=True))
+            row.update(measure(checkpoint, sts=False, probing=True, run_embedding=run_embeddings[run["name"]]))
         phases = {run["name"]: analyse(run) for run in runs}
     seconds = time.time() - start
 

@@ -15,8 +15,10 @@ numbers (SentEval data and protocols, without SentEval).
     python evaluate.py --model_name_or_path ../shared/models/all-MiniLM-L6-v2 --pooler avg --mode fasttest \\
         --task_set full --data_dir ../shared/data --probing_dir ../shared/data/probing
 
-The pooler is --pooler if given, else the checkpoint's `config.sentence_pooler` (train.py's export
-writes it), else SimCSE's default `cls`. What is scored is defined in utils/sts.py (STS),
+The embedding is the checkpoint's `config.sentence_embedding` where its export records one (a pooler, a
+text template the sentences are put in, and whether a '.' ends them: PromptBERT's [MASK] state); else the
+pooler is the checkpoint's `config.sentence_pooler` (train.py's export writes it), else SimCSE's default
+`cls`. An explicit --pooler wins over both, and then no template is applied. What is scored is defined in utils/sts.py (STS),
 utils/transfer.py and utils/probing.py (tasks), utils/classifier.py (the classifier protocols).
 Exit status: 0 done; 2 a bad input, said in one line `error: ...` (a flag, a data file, an output path, a
 model folder that cannot be loaded, a pooler this model lacks), before the model is loaded where possible.
@@ -32,7 +34,8 @@ import torch
 from utils.classifier import CONFIGS
 from utils.cli import number
 from utils.data import DataError, check_output_path
-from utils.encode import EmbeddingCache, default_max_length, encode, parse_device
+from utils.encode import (EmbeddingCache, default_max_length, describe_template, encode, parse_device,
+                          sentence_embedding_of)
 from utils.model import ModelLoadError, load_pretrained
 from utils.pooling import POOLERS, PooledEncoder
 from utils.probing import load_probing_tasks
@@ -45,7 +48,9 @@ from utils.transfer import format_table as format_scores
 parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
 parser.add_argument("--model_name_or_path", required=True, help="local folder (or hub name) of the encoder")
 parser.add_argument("--pooler", choices=POOLERS, default=None,
-                    help="default: the checkpoint's config.sentence_pooler, else cls")
+                    help="default: the checkpoint's config.sentence_embedding (its pooler, text template and '.' "
+                         "rule), else its config.sentence_pooler, else cls; a --pooler given here also drops "
+                         "that template (mask: the state at the tokenizer's mask token, one per input)")
 parser.add_argument("--mode", choices=["test", "dev", "fasttest"], default="test",
                     help="test: STS test sets, classifiers in SentEval's literature setting; fasttest: the same "
                          "tasks, its prototyping setting; dev: STS dev sets, prototyping setting, dev accuracies")
@@ -89,8 +94,16 @@ try:
     encoder, tokenizer = load_pretrained(args.model_name_or_path)
 except ModelLoadError as err:
     fail(err.reason)
+try:
+    embedding = sentence_embedding_of(encoder.config)
+except ValueError as err:
+    fail(f"{args.model_name_or_path}/{err}")
+template, period = None, False
 if args.pooler:
-    pooler, why = args.pooler, "--pooler"
+    pooler, why = args.pooler, "--pooler" + (", the checkpoint's template not applied" if embedding else "")
+elif embedding:
+    pooler, why = embedding["pooler"], "the checkpoint's config.sentence_embedding"
+    template, period = embedding["template"], embedding["period"]
 elif getattr(encoder.config, "sentence_pooler", None):
     pooler, why = encoder.config.sentence_pooler, "the checkpoint's config.sentence_pooler"
 else:
@@ -98,16 +111,22 @@ else:
 if pooler not in POOLERS:
     fail(f"{args.model_name_or_path}/config.json: sentence_pooler {pooler!r} is not one of {', '.join(POOLERS)}")
 device = args.device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
-model = PooledEncoder(encoder, pooler).to(device)
+try:
+    model = PooledEncoder(encoder, pooler, mask_token_id=tokenizer.mask_token_id).to(device)
+except ValueError as err:  # the mask pooler on a tokenizer without a mask token
+    fail(f"{args.model_name_or_path}: {err}")
 max_length = args.max_seq_length or default_max_length(tokenizer, encoder.config)
-print(f"model {args.model_name_or_path} | pooler {pooler} ({why}) | max_seq_length {max_length} | {device}")
+shown = f" | {describe_template(template, period)}" if template or period else ""
+print(f"model {args.model_name_or_path} | pooler {pooler} ({why}){shown} | max_seq_length {max_length} | {device}")
 
 # ----------------------------------------------------------------------------- evaluate
 # Each sentence is encoded once per run (a sentence shared by tasks is not encoded again).
 embed = EmbeddingCache(lambda sentences: encode(model, tokenizer, sentences, batch_size=args.batch_size,
-                                             max_length=max_length, device=device, progress=sys.stderr.isatty()))
+                                             max_length=max_length, device=device, progress=sys.stderr.isatty(),
+                                             template=template, period=period))
 config = CONFIGS[args.mode]
-record = {"model": args.model_name_or_path, "pooler": pooler, "pooler_source": why, "mode": args.mode,
+record = {"model": args.model_name_or_path, "pooler": pooler, "pooler_source": why, "template": template,
+          "period": period, "mode": args.mode,
           "task_set": args.task_set, "max_seq_length": max_length, "batch_size": args.batch_size,
           "device": str(device)}
 start = time.time()

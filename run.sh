@@ -1,21 +1,23 @@
 #!/usr/bin/env bash
-# The paper's study in one command (Jung et al. 2024): for every seed, an unsupervised-SimCSE baseline,
-# a Rank Reduction (RR) run with a constant weight and one with an RR schedule (utils/rr_schedule.py),
-# with SimCSE's recipe, each best checkpoint scored on the STS test sets, then analyze_rank.py over all
-# runs: one folder with the report, the findings table and the plots.
+# The paper's study in one command (Jung et al. 2024): for every method and seed, a baseline, a Rank
+# Reduction (RR) run with a constant weight and one with an RR schedule (utils/rr_schedule.py), each with
+# its method's published recipe, each best checkpoint scored on the STS test sets, then analyze_rank.py
+# over all runs: one folder with the report, the findings table and the plots.
 #
 #   bash run.sh                                     # bert-base-uncased on wiki1m, seeds 1-5 (downloads what is missing)
 #   SEEDS="1 2 3" RR_WEIGHT=0.05 MODEL=roberta-base bash run.sh
+#   METHODS="simcse mixcse esimcse promptbert infocse" VARIANTS="baseline rr" bash run.sh   # the paper's five
 #   LAUNCH="accelerate launch --multi_gpu --num_processes 4" BATCH_SIZE=16 bash run.sh
 #   TRAIN_ARGS="--unpad_inputs" MIXED_PRECISION=bf16 bash run.sh      # train.py's speed flags
 #   SEEDS="1 2" MODEL=../shared/models/all-MiniLM-L6-v2 \
 #     TRAIN_FILE=../shared/data/train/wiki1m_for_simcse.first11914.txt DATA_DIR=../shared/data \
 #     MAX_STEPS=60 EVAL_STEPS=20 SAVE_STEPS=10 BATCH_SIZE=32 bash run.sh   # a short CPU study
 #
-# Layout: $OUT/runs/{baseline,rr,rr-schedule}-seed$S/ (train.py output folders, each with sts_test.json),
+# Layout: $OUT/runs/{baseline,rr,rr-schedule}-seed$S/ for SimCSE, $OUT/runs/$METHOD-{...}-seed$S/ for the
+# others (train.py output folders, each with sts_test.json),
 # $OUT/analysis/ (report.md, checkpoints.csv, summary.json, *.png) and $OUT/study.settings (the settings
 # below that shape the runs: a later call with other values is refused, naming the setting, so one study
-# never mixes two recipes; more SEEDS or VARIANTS may be added). Every setting can be overridden from the
+# never mixes two recipes; more SEEDS, VARIANTS or METHODS may be added). Every setting can be overridden from the
 # environment. A finished run (summary.json with status "finished") is not trained again and a run with
 # saved training state resumes from it, so an interrupted study picks up where it stopped; a run killed
 # before its first saved state is moved to $OUT/interrupted/ (out of the runs' folder) and started again.
@@ -34,17 +36,18 @@ MODEL=${MODEL:-bert-base-uncased}
 TRAIN_FILE=${TRAIN_FILE:-data/wiki1m_for_simcse.txt}
 DATA_DIR=${DATA_DIR:-data}
 SEEDS=${SEEDS:-${SEED:-1 2 3 4 5}}     # SEED (one seed) is still understood
-VARIANTS=${VARIANTS:-baseline rr rr-schedule}  # baseline: SimCSE; rr: constant RR_WEIGHT; rr-schedule: RR_SCHEDULE
+METHODS=${METHODS:-simcse}             # train.py --method: simcse mixcse esimcse promptbert infocse
+VARIANTS=${VARIANTS:-baseline rr rr-schedule}  # baseline: no RR; rr: constant RR_WEIGHT; rr-schedule: RR_SCHEDULE
 RR_WEIGHT=${RR_WEIGHT:-0.1}            # a default, not a tuned value: the paper's weight is not known to us
 RR_SCHEDULE=${RR_SCHEDULE:-target}     # train.py --rr_schedule of the rr-schedule runs ...
 RR_SCHEDULE_ARGS=${RR_SCHEDULE_ARGS:-} # ... and more of its flags, e.g. "--rr_patience 3 --rr_decay_steps 50"
 MAX_GRAD_NORM=${MAX_GRAD_NORM:-1.0}    # the HF Trainer's default clipping, which SimCSE trains with
-BATCH_SIZE=${BATCH_SIZE:-64}
-LR=${LR:-3e-5}
+BATCH_SIZE=${BATCH_SIZE:-}             # empty: each method's published recipe (python -m utils.methods recipe NAME) ...
+LR=${LR:-}                             # ... e.g. SimCSE batch 64, lr 3e-5, 1 epoch; PromptBERT 256, 1e-5; InfoCSE 64, 7e-6, 2
 MAX_LEN=${MAX_LEN:-32}
 TEMP=${TEMP:-0.05}
 POOLER=${POOLER:-cls}
-EPOCHS=${EPOCHS:-1}
+EPOCHS=${EPOCHS:-}
 MAX_STEPS=${MAX_STEPS:-}
 EVAL_STEPS=${EVAL_STEPS:-125}
 SAVE_STEPS=${SAVE_STEPS:-125}          # encoder exports for analyze_rank.py (~0.44 GB each for bert-base) ...
@@ -61,6 +64,14 @@ for variant in $VARIANTS; do
   case $variant in baseline|rr|rr-schedule) ;; *)
     echo "run.sh: error: VARIANTS: unknown variant '$variant' (choose from baseline rr rr-schedule)" >&2; exit 2;;
   esac
+done
+
+declare -A recipe
+for method in $METHODS; do
+  if ! recipe[$method]=$("$PYTHON" -m utils.methods recipe "$method" 2>/dev/null); then
+    echo "run.sh: error: METHODS: unknown method '$method' (choose from simcse mixcse esimcse promptbert infocse)" >&2
+    exit 2
+  fi
 done
 
 # SimCSE's data, fetched only where the default paths are empty (user-given paths must exist).
@@ -130,9 +141,12 @@ read -r -a train_args <<< "$TRAIN_ARGS"
 run_dirs=()
 failed=()
 read -r -a schedule_args <<< "$RR_SCHEDULE_ARGS"
-for seed in $SEEDS; do
+for method in $METHODS; do
+ read -r -a recipe_args <<< "${recipe[$method]}"
+ for seed in $SEEDS; do
   for variant in $VARIANTS; do
     dir="$OUT/runs/$variant-seed$seed"
+    if [ "$method" != simcse ]; then dir="$OUT/runs/$method-$variant-seed$seed"; fi
     run_dirs+=("$dir")
     weight=0 rr_args=()
     if [ "$variant" != baseline ]; then weight=$RR_WEIGHT; fi
@@ -149,11 +163,11 @@ for seed in $SEEDS; do
         mkdir -p "$OUT/interrupted"
         mv "$dir" "$aside"
       fi
-      echo "run.sh: training $dir (seed $seed, rank reduction $weight${rr_args[*]:+, ${rr_args[*]}})"
-      if ! $LAUNCH train.py \
+      echo "run.sh: training $dir ($method, seed $seed, rank reduction $weight${rr_args[*]:+, ${rr_args[*]}})"
+      if ! $LAUNCH train.py "${recipe_args[@]}" \
         --model_name_or_path "$MODEL" --train_file "$TRAIN_FILE" --eval_data_dir "$DATA_DIR" --output_dir "$dir" \
-        --pooler_type "$POOLER" --per_device_train_batch_size "$BATCH_SIZE" --learning_rate "$LR" \
-        --max_seq_length "$MAX_LEN" --temp "$TEMP" --num_train_epochs "$EPOCHS" ${MAX_STEPS:+--max_train_steps "$MAX_STEPS"} \
+        --pooler_type "$POOLER" ${BATCH_SIZE:+--per_device_train_batch_size "$BATCH_SIZE"} ${LR:+--learning_rate "$LR"} \
+        --max_seq_length "$MAX_LEN" --temp "$TEMP" ${EPOCHS:+--num_train_epochs "$EPOCHS"} ${MAX_STEPS:+--max_train_steps "$MAX_STEPS"} \
         --eval_steps "$EVAL_STEPS" --save_steps "$SAVE_STEPS" ${SAVE_STEPS_UNTIL:+--save_steps_until "$SAVE_STEPS_UNTIL"} \
         --save_peak_checkpoint --checkpointing_steps "$CHECKPOINT_STEPS" --checkpoints_total_limit 1 \
         --mixed_precision "$MIXED_PRECISION" --max_grad_norm "$MAX_GRAD_NORM" --seed "$seed" \
@@ -168,6 +182,7 @@ for seed in $SEEDS; do
         --output_json "$dir/sts_test.json"
     fi
   done
+ done
 done
 
 analysed=()

@@ -1,7 +1,9 @@
-"""Unsupervised SimCSE: fine-tune a pretrained encoder so that two dropout views of a sentence agree.
+"""Unsupervised SimCSE and its follow-ups: fine-tune a pretrained encoder so that two views of a sentence agree.
 
 Each batch is encoded twice in ONE forward pass (the batch stacked on itself: dropout makes the two
-views), and the loss is InfoNCE over cosine / temp with in-batch negatives (utils/loss.py). Every
+views), and the loss is InfoNCE over cosine / temp with in-batch negatives (utils/loss.py). --method
+mixcse | esimcse | promptbert | infocse trains one of the paper's other four methods instead, each with
+its own data change, state and loss (utils/methods/, docs/methods.md), in the same loop. Every
 --eval_steps the encoder is scored on STS-B dev and SICK-R trial; the best STS-B dev checkpoint is kept
 in OUTPUT_DIR/best/, loadable by transformers.AutoModel and sentence_transformers.SentenceTransformer.
 
@@ -11,6 +13,10 @@ in OUTPUT_DIR/best/, loadable by transformers.AutoModel and sentence_transformer
 
     # faster (README, Speed): --unpad_inputs skips the padding; on a GPU also --mixed_precision bf16, or
     # --pad_to_max_length --torch_compile reduce-overhead for CUDA graphs; `python -m utils.bench` measures
+
+    # another method, with its published recipe's batch / lr / epochs (python -m utils.methods recipe NAME)
+    python train.py --method esimcse ... ;  python train.py --method promptbert --per_device_train_batch_size 256 \
+        --learning_rate 1e-5 ...
 
     # several GPUs (negatives are gathered from all processes: 4 x 64 = 256 per batch)
     accelerate launch --num_processes 4 train.py ... --per_device_train_batch_size 16
@@ -40,11 +46,11 @@ from utils.checkpoint import atomic_dir, export_dir_name, publish_dir, recover_d
 from utils.cli import number, seed_number
 from utils.data import DataError, SentenceBatches, check_output_path, read_sentences
 from utils.encode import EmbeddingCache, default_max_length, encode
-from utils.loss import contrastive_loss
+from utils.methods import METHODS, TrainingModel
 from utils.model import ModelLoadError, SimCSEModel, load_pretrained
 from utils.phase import PeakCheckpoint, PeakDetector, describe_peak, offline_peak
-from utils.pooling import POOLERS
-from utils.rank import RANK_METRICS, probe_metrics, stsb_probe, vne_penalty
+from utils.pooling import SIMCSE_POOLERS
+from utils.rank import RANK_METRICS, RR_SOLVERS, probe_metrics, stsb_probe, vne_penalty
 from utils.rr_schedule import SCHEDULES, RRSchedule
 from utils.run_folder import (FolderLock, RunFolderError, check_state, compare_args, mark_state, new_run, read_run,
                               resumable_states)
@@ -56,9 +62,12 @@ from utils.unpad import unsupported_reason
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    # method (utils/methods/): SimCSE or a follow-up; each one's own flags are listed below with their defaults
+    p.add_argument("--method", default="simcse", choices=list(METHODS),
+                   help="the contrastive objective: unsup SimCSE, MixCSE, ESimCSE, PromptBERT, InfoCSE")
     # model
     p.add_argument("--model_name_or_path", default="bert-base-uncased", help="hub name or local folder")
-    p.add_argument("--pooler_type", default="cls", choices=POOLERS, help="sentence embedding in training")
+    p.add_argument("--pooler_type", default="cls", choices=SIMCSE_POOLERS, help="sentence embedding in training")
     p.add_argument("--mlp_only_train", action=argparse.BooleanOptionalAction, default=True,
                    help="`cls` only: the MLP on [CLS] in training, raw [CLS] at evaluation (SimCSE unsup)")
     p.add_argument("--temp", type=number(float, 0, inclusive=False), default=0.05, help="softmax temperature")
@@ -128,8 +137,14 @@ def parse_args(argv=None):
                    help="also export the model at the rank peak to OUTPUT_DIR/peak/")
     p.add_argument("--rank-reduction", "--rank_reduction", dest="rank_reduction", type=number(float, 0), default=0.0,
                    help="RR weight lambda: loss = InfoNCE + lambda * VNE(batch embeddings); 0 = off")
-    p.add_argument("--rr_on", default="mlp", choices=["mlp", "encoder"],
-                   help="RR on the training embedding (after the MLP) or on the encoder's pooled output")
+    p.add_argument("--rr_on", default=None, choices=["mlp", "encoder"],
+                   help="RR on the training embedding (after the training head) or on the encoder's pooled output "
+                        "(PromptBERT: the denoised [MASK] state); None: the method's default (InfoCSE: encoder, "
+                        "the others: mlp)")
+    p.add_argument("--rr_solver", default="eigh", choices=RR_SOLVERS,
+                   help="how the VNE and its gradient are computed: eigh (an eigendecomposition; the faster one on "
+                        "a CPU) or quadrature (matrix products and batched inverses only, no eigendecomposition: "
+                        "utils/matrix_entropy.py); the same value to ~1e-5")
     p.add_argument("--rr_start", default="0", choices=["0", "peak"],
                    help="RR from step 0, or from the detected rank peak on")
     p.add_argument("--rr_schedule", default="constant", choices=SCHEDULES,
@@ -146,7 +161,30 @@ def parse_args(argv=None):
                         "per step, in [0, 2 * rank_reduction]")
     p.add_argument("--report_to", default="none", choices=["none", "tensorboard", "wandb", "all"],
                    help="also send the records to these trackers (accelerate; logs under OUTPUT_DIR)")
+    owner = {}  # each method's own flags: default None here, so that a flag given for another method is seen
+    for method in METHODS.values():
+        group = p.add_argument_group(f"--method {method.name} only")
+        for flag, kwargs in method.flags:
+            owner[flag] = method
+            kwargs = dict(kwargs)
+            default = kwargs.pop("default")
+            kwargs["help"] = f"{kwargs.get('help', '')} (default: {default})"
+            group.add_argument(flag, default=None, **kwargs)
     args = p.parse_args(argv)
+    method = METHODS[args.method]
+    for flag, flag_owner in owner.items():
+        dest = flag.lstrip("-").replace("-", "_")
+        if flag_owner is not method and getattr(args, dest) is not None:
+            p.error(f"argument {flag}: belongs to --method {flag_owner.name}; this run trains --method {args.method}")
+    for flag, kwargs in method.flags:
+        dest = flag.lstrip("-").replace("-", "_")
+        if getattr(args, dest) is None:
+            setattr(args, dest, kwargs["default"])
+    problem = method.check_args(args)
+    if problem:
+        p.error(problem)
+    if args.rr_on is None:
+        args.rr_on = method.rr_default
     if args.energy_tau > 1:
         p.error(f"argument --energy_tau: must be <= 1, got {args.energy_tau}")
     if args.phase_margin >= 1:
@@ -161,36 +199,36 @@ def make_optimizer(model, lr: float, weight_decay: float, device) -> torch.optim
     (the same update in one pass over the parameters: one launch on a GPU; on this project's 2-core CPU
     13 ms instead of 65 ms per step for MiniLM's 22.7M parameters), the default elsewhere."""
     no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight")
+    trained = [(n, p) for n, p in model.named_parameters() if p.requires_grad]  # not frozen or momentum copies
     groups = [
-        {"params": [p for n, p in model.named_parameters() if not n.endswith(no_decay)], "weight_decay": weight_decay},
-        {"params": [p for n, p in model.named_parameters() if n.endswith(no_decay)], "weight_decay": 0.0},
+        {"params": [p for n, p in trained if not n.endswith(no_decay)], "weight_decay": weight_decay},
+        {"params": [p for n, p in trained if n.endswith(no_decay)], "weight_decay": 0.0},
     ]
     return torch.optim.AdamW(groups, lr=lr, fused=torch.device(device).type in ("cuda", "cpu") or None)
 
 
-def train_step(model, optimizer, scheduler, accelerator, batch, temp: float, rr_weight: float = 0.0,
-               rr_on: str = "mlp", max_grad_norm: float = 0.0, measure_vne: bool = False):
-    """One optimizer step of unsupervised SimCSE (+ Rank Reduction when rr_weight > 0) on a tokenized batch.
+def train_step(model, optimizer, scheduler, accelerator, inputs, temp: float, rr_weight: float = 0.0,
+               rr_on: str = "mlp", max_grad_norm: float = 0.0, measure_vne: bool = False, rr_solver: str = "eigh"):
+    """One optimizer step of the method (+ Rank Reduction when rr_weight > 0) on its inputs.
 
-    Returns (terms, finite): terms = the detached (loss, InfoNCE, VNE, gradient norm before clipping), the
+    model: a (prepared) utils.methods.TrainingModel; inputs: its method's `views(batch, step)`, both views.
+    Returns (terms, finite): terms = the detached (loss, the method's loss, VNE, gradient norm before clipping), the
     first three averaged over processes, left on the device; finite = whether the loss and the gradient
     norm were finite (when not, no update is made: a finite loss can still overflow the gradients, and
     one inf would put inf into Adam's second moments for good). The one value the host waits for is
     that flag, once the backward pass is queued. measure_vne: compute the VNE even at rr_weight 0 (the
     target schedule's controller reads it).
     """
-    batch = {k: v.to(accelerator.device, non_blocking=True) for k, v in batch.items()}
-    # One forward pass, two dropout views: rows [0, B) and [B, 2B) are the same sentences.
+    inputs = {k: v.to(accelerator.device, non_blocking=True) for k, v in inputs.items()}
+    # One forward pass of both views (rows [0, B) and [B, 2B)) and the method's loss, in the DDP-wrapped module
     with_rr = rr_weight > 0 or measure_vne
-    rr_on_encoder = with_rr and rr_on == "encoder"
-    out = model(**{k: torch.cat([v, v]) for k, v in batch.items()}, return_pooled=rr_on_encoder)
-    z, rr_input = out if rr_on_encoder else (out, out)
-    z1, z2 = z.chunk(2)
-    infonce = contrastive_loss(z1, z2, temp)
+    out = model(inputs, temp)
+    rr_input = out.pooled if rr_on == "encoder" else out.z
+    infonce = out.loss
     loss, vne = infonce, infonce.new_zeros(())
     if with_rr:
         # Rank Reduction: lower the von Neumann entropy (log effective rank) of each view's global batch
-        vne = vne_penalty(torch.stack(rr_input.chunk(2)), gather=True).mean()  # both views in one call
+        vne = vne_penalty(torch.stack(rr_input.chunk(2)), gather=True, solver=rr_solver).mean()  # both views, one call
         loss = infonce + rr_weight * vne
     terms = accelerator.reduce(torch.stack([loss, infonce, vne]).detach(), reduction="mean")
     accelerator.backward(loss)
@@ -209,16 +247,17 @@ def train_step(model, optimizer, scheduler, accelerator, batch, temp: float, rr_
 
 
 def in_training_eval(model, tokenizer, dev_tasks, probe_sentences, probe_pairs, full: bool, *, batch_size: int,
-                     max_length: int, device, energy_tau: float = 0.9) -> dict:
+                     max_length: int, device, energy_tau: float = 0.9, template=None) -> dict:
     """Rank metrics of the probe set and STS-B dev Spearman x 100, and when `full` SICK-R trial too, with the
     model's evaluation pooler and one encode per sentence.
 
     dev_tasks: utils.sts.load_sts_tasks(data_dir, "dev"). STS-B dev is scored at every call: with the dev
     probe set (the default) its sentences are the probe's, already embedded, so the dense rank schedule
-    gets a dense STS-B dev series (for the rank-STS correlations) for the price of a Spearman.
+    gets a dense STS-B dev series (for the rank-STS correlations) for the price of a Spearman. template:
+    None, or the method's formatter of the sentences (PromptBERT's prompt) before they are tokenized.
     """
-    embed = EmbeddingCache(lambda s: encode(model, tokenizer, s, batch_size=batch_size, max_length=max_length,
-                                            device=device))
+    embed = EmbeddingCache(lambda s: encode(model, tokenizer, template(s) if template else s, batch_size=batch_size,
+                                            max_length=max_length, device=device))
     # rank metrics on the model's device: on a GPU its float64 matrix products replace the host's
     metrics = probe_metrics(embed(probe_sentences).to(device), probe_pairs, tau=energy_tau)
     tasks = dev_tasks if full else {"STSBenchmark": dev_tasks["STSBenchmark"]}
@@ -284,12 +323,14 @@ def train(argv=None):
                                               (tracker == "tensorboard" and importlib.util.find_spec("tensorboardX"))):
             fail(f"--report_to {tracker}: the {tracker} package is not installed (pip install {tracker})")
     from accelerate import Accelerator
-    from accelerate.utils import broadcast_object_list, set_seed
+    from accelerate.utils import DistributedDataParallelKwargs, broadcast_object_list, set_seed
     from transformers import get_scheduler
 
     log_with = None if args.report_to == "none" else args.report_to
+    # DDP leaves the methods' buffers alone: ESimCSE's queue and InfoCSE's BatchNorm statistics are per process
     accelerator = Accelerator(mixed_precision=args.mixed_precision, cpu=args.cpu, log_with=log_with,
-                              project_dir=args.output_dir)
+                              project_dir=args.output_dir,
+                              kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)])
     main_process = accelerator.is_main_process
 
     # ---- output folder: one run, one process writing it; a new run never writes over an old one
@@ -343,6 +384,9 @@ def train(argv=None):
         encoder, tokenizer = load_pretrained(args.model_name_or_path)
     except ModelLoadError as err:
         fail(err.reason)
+    problem = METHODS[args.method].check_tokenizer(tokenizer, args)
+    if problem:
+        fail(problem)
     if args.unpad_inputs and unsupported_reason(encoder):
         fail(f"--unpad_inputs cannot run {args.model_name_or_path}: {unsupported_reason(encoder)}")
     eval_max_length = default_max_length(tokenizer, encoder.config)
@@ -355,15 +399,24 @@ def train(argv=None):
     except DataError as err:
         fail(f"--train_file {args.train_file}: {err}")
     total_steps = args.max_train_steps or args.num_train_epochs * batches.steps_per_epoch
+    problem = METHODS[args.method].check_run(args, total_steps)
+    if problem:
+        fail(problem)
 
     # ---- model, optimizer, schedule
     # evaluated and exported as is; on the device before the optimizer sees it (the fused kernel checks)
-    raw_model = SimCSEModel(encoder, args.pooler_type, args.mlp_only_train, args.unpad_inputs).to(accelerator.device)
-    optimizer = make_optimizer(raw_model, args.learning_rate, args.weight_decay, accelerator.device)
+    raw_model = SimCSEModel(encoder, args.pooler_type, args.mlp_only_train, args.unpad_inputs)
+    try:
+        method = METHODS[args.method](args, raw_model, tokenizer)
+    except ValueError as err:  # a method flag that does not fit this model (named in the message)
+        fail(str(err))
+    raw_model.sentence_embedding = method.eval_embedding()  # recorded in every export's config.json
+    training_model = TrainingModel(raw_model, method).to(accelerator.device)
+    optimizer = make_optimizer(training_model, args.learning_rate, args.weight_decay, accelerator.device)
     # Not prepared: accelerate would step it once per process, but our step count is global already.
     scheduler = get_scheduler(args.lr_scheduler_type, optimizer, num_warmup_steps=args.warmup_steps,
                               num_training_steps=total_steps)
-    model, optimizer = accelerator.prepare(raw_model, optimizer)
+    model, optimizer = accelerator.prepare(training_model, optimizer)
     if args.torch_compile:  # after DDP wrapping, as accelerate itself does; evaluation runs raw_model
         model = torch.compile(model, mode=None if args.torch_compile == "default" else args.torch_compile)
     state = TrainState()
@@ -406,9 +459,11 @@ def train(argv=None):
         """in_training_eval on the main process, its metrics sent to all."""
         results = [None]
         if main_process:
-            results = [in_training_eval(raw_model, tokenizer, dev_tasks, probe_sentences, probe_pairs, full,
+            dev_model, dev_template = method.dev_embedder(raw_model)  # PromptBERT: the prompt's delta of these weights
+            results = [in_training_eval(dev_model, tokenizer, dev_tasks, probe_sentences, probe_pairs, full,
                                         batch_size=args.eval_batch_size, max_length=eval_max_length,
-                                        device=accelerator.device, energy_tau=args.energy_tau)]
+                                        device=accelerator.device, energy_tau=args.energy_tau,
+                                        template=dev_template)]
         broadcast_object_list(results)
         return results[0]
 
@@ -474,7 +529,7 @@ def train(argv=None):
         return metrics
 
     accelerator.print(
-        f"{len(sentences):,} sentences | {accelerator.num_processes} process(es) x "
+        f"{METHODS[args.method].label} | {len(sentences):,} sentences | {accelerator.num_processes} process(es) x "
         f"{args.per_device_train_batch_size} = {batches.global_batch_size} per batch "
         f"({batches.global_batch_size - 1} in-batch negatives) | {batches.steps_per_epoch:,} steps/epoch | "
         f"{total_steps:,} steps | eval pooler {raw_model.eval_pooler}")
@@ -494,8 +549,10 @@ def train(argv=None):
     while state.step < total_steps:
         step_start = time.perf_counter()
         rr_weight = rr_schedule.weight(state.step, active=args.rr_start == "0" or detector.declared)
-        terms, finite = train_step(model, optimizer, scheduler, accelerator, batches(state.step), args.temp,
-                                   rr_weight, args.rr_on, args.max_grad_norm, measure_vne=rr_schedule.reads_vne)
+        terms, finite = train_step(model, optimizer, scheduler, accelerator, method.views(batches(state.step), state.step),
+                                   args.temp,
+                                   rr_weight, args.rr_on, args.max_grad_norm, measure_vne=rr_schedule.reads_vne,
+                                   rr_solver=args.rr_solver)
         if not finite:
             loss_value, grad_norm = terms[0].item(), terms[3].item()
             what = f"the loss became {loss_value}" if not math.isfinite(loss_value) else \
@@ -551,6 +608,7 @@ def train(argv=None):
         accelerator.print(peak["description"])
     summary = {
         "status": status,
+        "method": args.method,
         "steps": state.step,
         "total_steps": total_steps,
         "best_step": state.best_step,

@@ -124,6 +124,20 @@ def test_runs_group_by_everything_but_seed_output_dir_and_resume():
     assert [g["label"] for g in two] == ["baseline", "RR λ=0.1"]
 
 
+def test_runs_of_several_methods_are_labelled_by_method():
+    """Each method's recipe (lr, its own flags) is part of its name; only what differs within a method is named."""
+    simcse = [fake_run("s", 1, method="simcse", dup_rate=None), fake_run("s-rr", 1, 0.1, method="simcse", dup_rate=None)]
+    esim = [fake_run("e", 1, method="esimcse", dup_rate=0.32),
+            fake_run("e-rr", 1, 0.1, method="esimcse", dup_rate=0.32),
+            fake_run("e-rr-dup", 1, 0.1, method="esimcse", dup_rate=0.1)]
+    info = [fake_run("i", 1, method="infocse", learning_rate=7e-6)]
+    labels = [g["label"] for g in group_runs(simcse + esim + info)]
+    assert labels == ["SimCSE", "SimCSE + RR λ=0.1", "ESimCSE, dup_rate=0.32", "ESimCSE + RR λ=0.1, dup_rate=0.32",
+                      "ESimCSE + RR λ=0.1, dup_rate=0.1", "InfoCSE"]
+    assert [g["label"] for g in group_runs(esim[:2])] == ["ESimCSE", "ESimCSE + RR λ=0.1"]  # one method, not SimCSE
+    assert [g["label"] for g in group_runs(simcse)] == ["baseline", "RR λ=0.1"]  # SimCSE alone: as before
+
+
 def test_runs_without_args_are_their_own_group():
     runs = [fake_run("b1", 1), {"name": "lost", "dir": "x/lost", "seed": None, "status": "unfinished", "args": None}]
     groups = group_runs(runs)

@@ -21,6 +21,7 @@ def test_bench_on_a_checkpoint_writes_every_measurement(tmp_path, tiny_bert, sha
     for key in ("train_speedup_vs_sentence_transformers", "encode_speedup_vs_sentence_transformers"):
         assert _positive(r[key])
     assert isinstance(r["rr_overhead_fraction"], float) and r["rr_overhead_fraction"] > -1
+    assert all(_positive(ms) for solver in ("eigh", "quadrature") for ms in r["rr_solver_ms"][solver].values())
     assert set(r["train"]) == {"default", "unpad", "sentence-transformers", "default + rank-reduction",
                                "unpad + rank-reduction"}
     assert r["rr_overhead_fraction"] == r["train"][f"{r['fastest_variant']} + rank-reduction"]["rr_overhead_fraction"]
@@ -44,6 +45,18 @@ def test_bench_random_init_config(tmp_path, tiny_bert, shared_data):
     assert r["model"] == "minilm-l6 (random init)"
     assert list(r["train"]) == ["default"] and _positive(r["train"]["default"]["ms_per_step"])
     assert "train_speedup_vs_sentence_transformers" not in r
+
+
+def test_bench_methods_times_every_method_against_simcse(tmp_path, tiny_bert, shared_data):
+    r = bench.main(["--model", str(tiny_bert), "--data_dir", str(shared_data), "--steps", "1", "--warmup_steps", "1",
+                    "--batch_size", "4", "--cpu", "--variants", "unpad", "--methods", "mixcse", "esimcse",
+                    "promptbert", "infocse", "--skip", "sentence-transformers"])
+    assert list(r["methods"]) == ["simcse", "mixcse", "esimcse", "promptbert", "infocse"]  # SimCSE, the reference, first
+    assert r["methods"]["simcse"]["vs_simcse"] == 1.0 and "failed" not in r
+    for t in r["methods"].values():
+        assert all(_positive(t[k]) for k in ("ms_per_step", "rr_ms_per_step", "vs_simcse", "rr_vs_simcse"))
+    table = bench.format_methods_table(r)
+    assert "| ESimCSE |" in table and "--unpad_inputs" in table
 
 
 @pytest.mark.parametrize("flag, value", [("--steps", "0"), ("--batch_size", "1"), ("--warmup_steps", "0"),

@@ -53,3 +53,53 @@ def test_encode_on_a_gpu_matches_the_cpu(tiny_bert):
     gpu = encode(model.cuda(), tokenizer, sentences, batch_size=2)  # token budget, bf16 autocast
     assert gpu.device.type == "cpu" and gpu.dtype == torch.float32
     assert torch.nn.functional.cosine_similarity(gpu, cpu).min() > 0.99
+
+
+def test_apply_template_and_the_period_rule():
+    from utils.encode import apply_template
+
+    sentences = ["a man sings", "done.", "why?", 'he said "no"', "it's 'fine'", "a list,", "{mask} {sentence}", ""]
+    assert apply_template(sentences, None, period=True) == [
+        "a man sings.", "done.", "why?", 'he said "no"', "it's 'fine'", "a list,.", "{mask} {sentence}.", ""]
+    assert apply_template(["a b"], 'This sentence of "{sentence}" means {mask}.', "[MASK]", period=True) == [
+        'This sentence of "a b." means [MASK].']
+    # the sentence's own braces are text, never placeholders; no period unless asked
+    assert apply_template(["{mask}"], "{sentence} -> {mask}", "<mask>") == ["{mask} -> <mask>"]
+    assert apply_template(["x"], None) == ["x"]
+    with pytest.raises(ValueError, match="no mask token"):
+        apply_template(["x"], "{sentence} {mask}", None)
+    with pytest.raises(ValueError, match="exactly one {sentence}"):
+        apply_template(["x"], "no slot {mask}", "[MASK]")
+
+
+def test_encode_with_a_template_embeds_the_formatted_sentences(tiny_bert):
+    from utils.encode import apply_template
+
+    encoder, tokenizer = load_pretrained(str(tiny_bert))
+    model = PooledEncoder(encoder, "mask", mask_token_id=tokenizer.mask_token_id)
+    sentences = ["a man is riding a horse", "two dogs.", "a man is riding a horse"]
+    template = 'This sentence of "{sentence}" means {mask}.'
+    got = encode(model, tokenizer, sentences, batch_size=2, template=template, period=True)
+    texts = apply_template(sentences, template, tokenizer.mask_token, period=True)
+    torch.testing.assert_close(got, encode(model, tokenizer, texts, batch_size=2))
+    assert torch.equal(got[0], got[2])
+    with pytest.raises(ValueError, match="row 0 has 0"):  # the mask pooler without a template
+        encode(model, tokenizer, ["a b"])
+
+
+def test_sentence_embedding_of_checks_the_config():
+    from utils.encode import sentence_embedding_of
+
+    template = 'This sentence of "{sentence}" means {mask}.'
+    assert sentence_embedding_of({}) is None
+    assert sentence_embedding_of({"sentence_embedding": {"pooler": "mask", "template": template, "period": True}}) \
+        == {"pooler": "mask", "template": template, "period": True}
+    assert sentence_embedding_of({"sentence_embedding": {"pooler": "avg"}}) == \
+        {"pooler": "avg", "template": None, "period": False}
+    for spec, needle in (({"pooler": "max"}, "needs a 'pooler'"), ("mask", "needs a 'pooler'"),
+                         ({"pooler": "mask", "template": "{sentence}"}, "exactly one {mask}"),
+                         ({"pooler": "avg", "template": "x"}, "exactly one {sentence}"),
+                         ({"pooler": "avg", "template": 3}, "must be a string"),
+                         ({"pooler": "avg", "period": "yes"}, "period must be true or false")):
+        with pytest.raises(ValueError, match=needle):
+            sentence_embedding_of({"sentence_embedding": spec})

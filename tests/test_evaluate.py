@@ -135,3 +135,51 @@ def test_bad_output_json_fails_before_the_model_is_loaded(data, tmp_path, where)
 def test_bad_device_is_one_error_line(data, tmp_path, device):
     line = one_error_line(run("--model_name_or_path", tmp_path / "no-model", "--data_dir", data, "--device", device))
     assert "argument --device" in line and device in line
+
+
+PROMPT = 'This sentence of "{sentence}" means {mask}.'
+
+
+@pytest.fixture(scope="module")
+def prompt_model(tmp_path_factory):
+    """An export whose config records PromptBERT's evaluation embedding (and a plain pooler beside it)."""
+    return make_tiny_model(tmp_path_factory.mktemp("prompt") / "best", "bert", sentence_pooler="cls_before_pooler",
+                           sentence_embedding={"pooler": "mask", "template": PROMPT, "period": True})
+
+
+def test_sentence_embedding_comes_from_checkpoint_config(prompt_model, data, tmp_path):
+    from utils.encode import encode
+    from utils.model import load_pretrained
+    from utils.pooling import PooledEncoder
+    from utils.sts import load_sts_tasks, score_sts
+
+    out = tmp_path / "dev.json"
+    proc = run("--model_name_or_path", prompt_model, "--mode", "dev", "--data_dir", data, "--output_json", out)
+    assert proc.returncode == 0, proc.stderr
+    assert (f"pooler mask (the checkpoint's config.sentence_embedding) | template {PROMPT!r}, '.' added where "
+            "missing |") in proc.stdout
+    record = json.loads(out.read_text())
+    assert (record["pooler"], record["template"], record["period"]) == ("mask", PROMPT, True)
+    # the same numbers as the template, the '.' rule and the [MASK] state computed here
+    encoder, tokenizer = load_pretrained(str(prompt_model))
+    model = PooledEncoder(encoder, "mask", mask_token_id=tokenizer.mask_token_id)
+    expected = score_sts(lambda s: encode(model, tokenizer, s, template=PROMPT, period=True),
+                         load_sts_tasks(data, "dev"))
+    assert record["scores"] == pytest.approx({t: r["spearman"] for t, r in expected["tasks"].items()}, abs=1e-6)
+
+
+def test_an_explicit_pooler_drops_the_checkpoint_template(prompt_model, data, tmp_path):
+    out = tmp_path / "avg.json"
+    proc = run("--model_name_or_path", prompt_model, "--pooler", "avg", "--mode", "dev", "--data_dir", data,
+               "--output_json", out)
+    assert proc.returncode == 0, proc.stderr
+    assert "pooler avg (--pooler, the checkpoint's template not applied) | max_seq_length" in proc.stdout
+    record = json.loads(out.read_text())
+    assert (record["pooler"], record["template"], record["period"]) == ("avg", None, False)
+
+
+def test_a_malformed_sentence_embedding_is_one_error_line(data, tmp_path):
+    model = make_tiny_model(tmp_path / "bad", "bert", sentence_embedding={"pooler": "mask", "template": "{sentence}"})
+    line = one_error_line(run("--model_name_or_path", model, "--mode", "dev", "--data_dir", data))
+    assert line == (f"error: {model}/config.json: sentence_embedding template needs exactly one {{mask}} (the [MASK] "
+                    "whose state is the embedding), got '{sentence}'")

@@ -27,3 +27,36 @@ def test_cls_without_a_pooler_layer_and_unknown_names_fail_clearly():
         pool("cls", torch.ones(1, 2), out)
     with pytest.raises(ValueError, match="unknown pooler"):
         PooledEncoder(torch.nn.Identity(), "max")
+
+
+def test_mask_pooler_reads_the_state_at_the_one_mask_token():
+    torch.manual_seed(0)
+    hidden = torch.randn(3, 5, 4)
+    ids = torch.tensor([[1, 9, 2, 0, 0], [1, 2, 3, 9, 2], [9, 1, 2, 3, 2]])  # mask token id 9
+    mask = (ids != 0).long()
+    got = pool("mask", mask, outputs((hidden,)), ids, 9)
+    assert torch.equal(got, torch.stack([hidden[0, 1], hidden[1, 3], hidden[2, 0]]))
+
+
+@pytest.mark.parametrize("row, count", [([1, 2, 3, 2], 0), ([1, 9, 9, 2], 2)])
+def test_mask_pooler_refuses_rows_without_exactly_one_mask(row, count):
+    ids = torch.tensor([[1, 9, 2, 0], row])
+    with pytest.raises(ValueError, match=f"exactly one mask token \\(id 9\\) per row; row 1 has {count}"):
+        pool("mask", torch.ones(2, 4), outputs((torch.zeros(2, 4, 3),)), ids, 9)
+    with pytest.raises(ValueError, match="mask token id"):
+        pool("mask", torch.ones(2, 4), outputs((torch.zeros(2, 4, 3),)))
+
+
+def test_pooled_encoder_mask_needs_the_tokenizer_mask_id(tiny_bert):
+    from utils.model import load_pretrained
+
+    encoder, tokenizer = load_pretrained(str(tiny_bert))
+    with pytest.raises(ValueError, match="has none"):
+        PooledEncoder(encoder, "mask")
+    model = PooledEncoder(encoder, "mask", mask_token_id=tokenizer.mask_token_id).eval()
+    batch = tokenizer(["a man [MASK] riding", "two [MASK]"], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        got = model(**batch)
+        hidden = encoder(**batch).last_hidden_state
+    torch.testing.assert_close(got, torch.stack([hidden[0, 3], hidden[1, 2]]))
+    assert PooledEncoder(encoder, "avg").mask_token_id is None  # the other poolers, as before

@@ -9,6 +9,7 @@ import torch
 from scipy.special import entr
 
 from utils.rank import (
+    RR_SOLVERS,
     _MatrixEntropy,
     _row_entropy,
     alignment,
@@ -295,6 +296,29 @@ def test_vne_penalty_gradients_with_repeated_and_zero_eigenvalues():
     p = vne_penalty(zz)
     p.backward()
     assert p.item() == 0 and torch.isfinite(zz.grad).all()
+
+
+
+def test_vne_penalty_eigh_is_the_default_and_unchanged():
+    # bit for bit today's computation: eigh of the (B, B) Gram matrix, whatever RR_SOLVERS offers
+    z = _randn(2, 24, 16).requires_grad_()
+    zn = z / z.norm(dim=-1, keepdim=True)
+    expected = _MatrixEntropy.apply(zn @ zn.transpose(-1, -2) / 24)
+    (expected_grad,) = torch.autograd.grad(expected.sum(), z)
+    for kwargs in ({}, {"solver": "eigh"}):
+        value = vne_penalty(z, **kwargs)
+        (grad,) = torch.autograd.grad(value.sum(), z)
+        assert torch.equal(value, expected) and torch.equal(grad, expected_grad)
+    assert RR_SOLVERS[0] == "eigh"
+
+
+def test_vne_penalty_quadrature_solver():
+    z = _randn(2, 40, 12)  # B > d: the d x d Gram matrix
+    for gather in (False, True):  # no process group: gather is the identity
+        value = vne_penalty(z, gather=gather, solver="quadrature")
+        torch.testing.assert_close(value, vne_penalty(z), atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="solver"):
+        vne_penalty(z, solver="svd")
 
 
 # ----------------------------------------------------------------------------- two processes

@@ -58,9 +58,13 @@ def test_a_run_killed_before_its_first_state_is_moved_out_of_the_runs_folder(tmp
     half = tmp_path / "study" / "runs" / "baseline-seed1"
     half.mkdir(parents=True)
     (half / "metrics.jsonl").write_text('{"step": 0}\n')
-    proc = _study(tmp_path, tiny_bert, corpus, shared_data, VARIANTS="baseline")
+    proc = _study(tmp_path, tiny_bert, corpus, shared_data, VARIANTS="baseline", METHODS="simcse mixcse")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert sorted(os.listdir(tmp_path / "study" / "runs")) == ["baseline-seed1"]
+    assert sorted(os.listdir(tmp_path / "study" / "runs")) == ["baseline-seed1", "mixcse-baseline-seed1"]
+    mix = json.loads((tmp_path / "study" / "runs" / "mixcse-baseline-seed1" / "summary.json").read_text())["args"]
+    # MixCSE's recipe (the MLP kept at evaluation), with the study's explicit LR and BATCH_SIZE over the recipe's
+    assert mix["method"] == "mixcse" and mix["mlp_only_train"] is False
+    assert mix["learning_rate"] == 1e-3 and mix["per_device_train_batch_size"] == 8
     aside = os.listdir(tmp_path / "study" / "interrupted")
     assert len(aside) == 1 and aside[0].startswith("baseline-seed1-")
 
@@ -71,6 +75,7 @@ def test_a_run_killed_before_its_first_state_is_moved_out_of_the_runs_folder(tmp
     ({"DATA_DIR": "/nowhere"}, "DATA_DIR /nowhere has no downstream/"),
     ({"MODEL": "/nowhere/model"}, "MODEL /nowhere/model cannot be loaded"),
     ({"VARIANTS": "baseline rrr"}, "unknown variant 'rrr'"),
+    ({"METHODS": "simcse sbert"}, "METHODS: unknown method 'sbert'"),
     # the default training text is downloaded; a proxy on a closed local port makes that fail at once
     ({"TRAIN_FILE": "data/wiki1m_for_simcse.txt", "https_proxy": "http://127.0.0.1:9",
       "HTTPS_PROXY": "http://127.0.0.1:9", "no_proxy": "", "NO_PROXY": ""},

@@ -1,5 +1,6 @@
 """train.py end to end on a tiny random BERT: outputs, export, resume after SIGKILL, bad inputs."""
 
+import argparse
 import errno
 import importlib.util
 import json
@@ -362,11 +363,13 @@ def _step_setup(tiny_bert, mixed_precision="no"):
 
     AcceleratorState._reset_state(reset_partial_state=True)  # one process-wide state: another test's precision
 
+    from utils.methods import METHODS, TrainingModel
     from utils.model import SimCSEModel, load_pretrained
 
     encoder, tokenizer = load_pretrained(str(tiny_bert))
     torch.manual_seed(0)
-    model = SimCSEModel(encoder).train()
+    sentence_model = SimCSEModel(encoder)
+    model = TrainingModel(sentence_model, METHODS["simcse"](argparse.Namespace(seed=0), sentence_model, tokenizer)).train()
     accelerator = Accelerator(cpu=True, mixed_precision=mixed_precision)
     # plain SGD with lr 1: the update IS minus the (clipped) gradient
     optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
@@ -384,7 +387,8 @@ def test_gradient_clipping_bounds_the_update(tiny_bert, mixed_precision, max_nor
     batch = dict(tokenizer(["a man is playing guitar", "two dogs", "the cat is small", "red ball"], padding=True,
                            return_tensors="pt"))
     before = [p.detach().clone() for p in model.parameters()]
-    terms, finite = train_step(model, optimizer, scheduler, accelerator, batch, 0.05, 0.1, "mlp", max_norm)
+    inputs = {k: torch.cat([v, v]) for k, v in batch.items()}  # SimCSE's two views
+    terms, finite = train_step(model, optimizer, scheduler, accelerator, inputs, 0.05, 0.1, "mlp", max_norm)
     assert finite
     update = torch.sqrt(sum(((p.detach() - b) ** 2).sum() for p, b in zip(model.parameters(), before)))
     grad_norm = terms[3].item()
@@ -400,7 +404,8 @@ def test_a_finite_loss_with_an_infinite_gradient_is_not_applied(tiny_bert):
     # repeated sentences and a tiny temperature: tied logits keep the loss at log(4), their gradient overflows
     batch = dict(tokenizer(["a man is playing"] * 4 + ["two dogs"] * 4, padding=True, return_tensors="pt"))
     before = [p.detach().clone() for p in model.parameters()]
-    terms, finite = train_step(model, optimizer, scheduler, accelerator, batch, 1e-30)
+    inputs = {k: torch.cat([v, v]) for k, v in batch.items()}
+    terms, finite = train_step(model, optimizer, scheduler, accelerator, inputs, 1e-30)
     assert math.isfinite(terms[0].item()) and not math.isfinite(terms[3].item()) and not finite
     assert all(torch.equal(p.detach(), b) for p, b in zip(model.parameters(), before))
 

@@ -246,15 +246,23 @@ def config_key(args) -> str:
     """The configuration a run belongs to: its args less NOT_CONFIG, as canonical JSON."""
     if not args:
         return "null"
-    return json.dumps({k: v for k, v in sorted(args.items()) if k not in NOT_CONFIG}, sort_keys=True)
+    # unset flags (another method's, or newer than the run) and the default method say nothing: a run
+    # saved before a flag existed groups with the runs after it
+    return json.dumps({k: v for k, v in sorted(args.items()) if k not in NOT_CONFIG and v is not None
+                       and not (k == "method" and v == "simcse")}, sort_keys=True)
 
 
 def group_runs(runs) -> list[dict]:
     """Runs with the same configuration, in first-seen order: [{"key", "label", "differs", "runs"}].
 
     "differs": the args whose values tell this group from the others; "label": "baseline" or "RR λ=w"
-    (by rank_reduction), plus `name=value` for every other differing arg. Runs without args each form
+    (by rank_reduction), plus `name=value` for every other differing arg. Where the runs are of several
+    methods, or of one other than SimCSE, the label starts with the method's name ("ESimCSE",
+    "ESimCSE + RR λ=0.1"); an arg is named only where it differs between runs of the same method (its own
+    flags and its recipe's batch, lr and epochs are part of the method's name). Runs without args each form
     their own group, labelled by the run's name."""
+    from utils.methods import METHODS
+
     groups = {}
     for run in runs:
         key = config_key(run["args"]) if run["args"] else f"run:{run['dir']}"
@@ -263,16 +271,22 @@ def group_runs(runs) -> list[dict]:
     configs = [json.loads(g["key"]) if not g["key"].startswith("run:") else None for g in groups]
     names = sorted({k for c in configs if c for k in c})
     differing = [k for k in names if len({json.dumps(c.get(k)) for c in configs if c}) > 1]
+    methods = {(c or {}).get("method") or "simcse" for c in configs}
     for group, config in zip(groups, configs):
         if config is None:
             group["differs"], group["label"] = {}, group["runs"][0]["name"]
             continue
         group["differs"] = {k: config.get(k) for k in differing}
         weight = config.get("rank_reduction", 0) or 0
+        method = config.get("method") or "simcse"
+        same_method = [c for c in configs if c and (c.get("method") or "simcse") == method]
         parts = ["baseline" if weight == 0 else f"RR λ={weight:g}"]
-        parts += [f"{k}={config.get(k)}" for k in differing if k != "rank_reduction"
+        if methods != {"simcse"}:
+            parts = [METHODS[method].label + ("" if weight == 0 else f" + RR λ={weight:g}")]
+        parts += [f"{k}={config.get(k)}" for k in differing if k not in ("rank_reduction", "method")
                   and not (k in RR_ONLY and weight == 0)  # RR's settings mean nothing without RR
-                  and not (k == "rr_schedule" and config.get(k) == "constant")]
+                  and not (k == "rr_schedule" and config.get(k) == "constant")
+                  and len({json.dumps(c.get(k)) for c in same_method}) > 1]
         group["label"] = ", ".join(parts)
     labels = [g["label"] for g in groups]
     for i, group in enumerate(groups):  # same label, different config (an arg outside the label differs)

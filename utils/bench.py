@@ -35,6 +35,8 @@ import traceback
 
 import torch
 
+from utils.methods import METHODS
+
 # random-init model shapes: speed depends on the shape only
 CONFIGS = {
     "bert-base": dict(model_type="bert", hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
@@ -83,6 +85,9 @@ def parse_args(argv=None):
     p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=None,
                    help="train.py flag sets to time (default: default unpad; on GPU also compile, compile-cudagraphs)")
     p.add_argument("--rank_reduction", type=float, default=0.1, help="RR weight for the RR measurement")
+    p.add_argument("--methods", nargs="+", default=None, choices=list(METHODS),
+                   help="instead: the training step of these train.py --method's (with and without RR) against "
+                        "SimCSE's in the same run, with the first of --variants")
     p.add_argument("--mixed_precision", choices=["no", "bf16", "fp16"], default=None,
                    help="default: bf16 on GPU, no on CPU (applies to both methods)")
     p.add_argument("--encode_limit", type=int, default=None, help="encode only the first N unique STS test sentences")
@@ -153,22 +158,30 @@ def build_model_dir(args, tmp: str) -> str:
 
 
 # ----------------------------------------------------------------------------- training steps
-def time_train_py(model_dir, sentences, args, device, precision, variant: str, rr_weights=(0.0,)) -> dict:
+def time_train_py(model_dir, sentences, args, device, precision, variant: str, rr_weights=(0.0,),
+                  method: str = "simcse") -> dict:
     """Timing of train.py's step (train_step, make_optimizer, SentenceBatches) with the flags of `variant`:
     {rr_weight: {"seconds", "steps", "real_tokens"}}. The RR weights take turns in blocks of steps on the
     same model and the same batches, so that their difference is not one of machine load or batch lengths."""
     from accelerate import Accelerator
     from transformers import get_scheduler
 
-    from train import make_optimizer, train_step
+    from train import make_optimizer, parse_args, train_step
     from utils.data import SentenceBatches
+    from utils.methods import METHODS, TrainingModel
     from utils.model import SimCSEModel, load_pretrained
 
     opts = VARIANTS[variant]
     accelerator = Accelerator(mixed_precision=precision, cpu=device.type == "cpu")
     torch.manual_seed(args.seed)
     encoder, tokenizer = load_pretrained(model_dir)
-    raw = SimCSEModel(encoder, "cls", True, unpad=opts.get("unpad_inputs", False)).to(accelerator.device)
+    # the method's published knobs, as train.py would resolve them
+    method_args = parse_args(["--method", method, "--train_file", "-", "--eval_data_dir", "-", "--output_dir", "-",
+                              "--seed", str(args.seed), "--max_seq_length", str(args.max_seq_length),
+                              "--per_device_train_batch_size", str(args.batch_size)])
+    sentence_model = SimCSEModel(encoder, "cls", METHODS[method].recipe["mlp_only_train"],
+                                 unpad=opts.get("unpad_inputs", False))
+    raw = TrainingModel(sentence_model, METHODS[method](method_args, sentence_model, tokenizer)).to(accelerator.device)
     optimizer = make_optimizer(raw, 3e-5, 0.0, accelerator.device)
     scheduler = get_scheduler("constant", optimizer)
     model, optimizer = accelerator.prepare(raw, optimizer)
@@ -181,7 +194,8 @@ def time_train_py(model_dir, sentences, args, device, precision, variant: str, r
 
     def run(steps, weight):
         for step in steps:
-            train_step(model, optimizer, scheduler, accelerator, batches(step % batches.steps_per_epoch), 0.05, weight)
+            inputs = raw.method.views(batches(step % batches.steps_per_epoch), step)
+            train_step(model, optimizer, scheduler, accelerator, inputs, 0.05, weight, method_args.rr_on)
 
     for weight in rr_weights:  # warm-up (and compilation) of every path
         run(range(args.warmup_steps), weight)
@@ -371,6 +385,44 @@ def time_in_training_eval(model_dir, args, device) -> dict:
 
 
 # ----------------------------------------------------------------------------- the run
+def time_methods(model_dir, sentences, args, device, precision, variant: str, attempt) -> dict:
+    """{method: {"ms_per_step", "rr_ms_per_step", "vs_simcse", "rr_vs_simcse"}}: each method's train.py step on
+    the same batches, SimCSE first (the reference); a method that fails is recorded by `attempt` and skipped."""
+    weights = (0.0,) if "rr" in args.skip else (0.0, args.rank_reduction)
+    out = {}
+    for name in ["simcse"] + [m for m in args.methods if m != "simcse"]:
+        timed = attempt(f"train.py --method {name}", lambda: time_train_py(model_dir, sentences, args, device, precision,
+                                                                           variant, weights, method=name))
+        if timed is None:
+            continue
+        row = {"ms_per_step": 1000 * timed[0.0]["seconds"] / timed[0.0]["steps"]}
+        if len(weights) == 2:
+            row["rr_ms_per_step"] = 1000 * timed[weights[1]]["seconds"] / timed[weights[1]]["steps"]
+        out[name] = row
+        print(f"train.py --method {name} [{variant_flags(variant)}]: {row['ms_per_step']:.1f} ms/step"
+              + (f", with --rank-reduction {args.rank_reduction}: {row['rr_ms_per_step']:.1f}" if len(weights) == 2
+                 else ""), flush=True)
+    if "simcse" in out:
+        for row in out.values():
+            row["vs_simcse"] = row["ms_per_step"] / out["simcse"]["ms_per_step"]
+            if "rr_ms_per_step" in row:
+                row["rr_vs_simcse"] = row["rr_ms_per_step"] / out["simcse"]["ms_per_step"]
+    return out
+
+
+def format_methods_table(r: dict) -> str:
+    lines = [f"{r['model']} | {r['device']} | torch {r['torch']} | {r['precision']} | batch {r['batch_size']} x 2 "
+             f"views, max_len {r['max_seq_length']} | train.py {r['methods_variant_flags']} | {r['date']}", "",
+             "| method | ms/step | x SimCSE | with RR, ms/step | with RR, x SimCSE |", "|---|---|---|---|---|"]
+    for name, t in r["methods"].items():
+        rr = (f"{t['rr_ms_per_step']:.1f} | {t['rr_vs_simcse']:.2f}x" if "rr_ms_per_step" in t and "rr_vs_simcse" in t
+              else "- | -")
+        vs = f"{t['vs_simcse']:.2f}x" if "vs_simcse" in t else "-"
+        lines.append(f"| {METHODS[name].label} | {t['ms_per_step']:.1f} | {vs} | {rr} |")
+    lines.append("(every method on the same batches of the same size, so per step = per sentence)")
+    return "\n".join(lines)
+
+
 def main(argv=None):
     args = parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
@@ -444,6 +496,12 @@ def main(argv=None):
             finally:
                 save()
 
+        if args.methods:  # the methods' step times only: the rest of the bench does not depend on the method
+            results["methods_variant_flags"] = variant_flags(variants[0])
+            results["methods"] = time_methods(model_dir, train_sentences, args, device, precision, variants[0], attempt)
+            save()
+            return print_table(format_methods_table(results), results, args.json)
+
         train, rr_of = {}, {}
         results["train"] = train
         weights = (0.0,) if "rr" in args.skip else (0.0, args.rank_reduction)
@@ -471,6 +529,14 @@ def main(argv=None):
         for name, r in rr_of.items():
             r["rr_overhead_fraction"] = r["ms_per_step"] / train[name]["ms_per_step"] - 1
             train[f"{name} + rank-reduction"] = r
+        if rr_of:  # the RR penalty alone, forward + backward, each solver (train.py --rr_solver)
+            from utils.matrix_entropy import time_solvers
+
+            solvers = attempt("rr solvers", lambda: time_solvers((64, 256, 512), config.hidden_size, device=device))
+            if solvers is not None:
+                results["rr_solver_ms"] = solvers
+                print("RR penalty fwd+bwd ms (B: " + ", ".join(solvers) + "): " + ", ".join(
+                    f"{b}: " + " / ".join(f"{solvers[s][b]:.2f}" for s in solvers) for b in (64, 256, 512)), flush=True)
         if rr_of and gpu:
             eigh = attempt("eigh", lambda: time_eigh(device))
             if eigh is not None:
@@ -514,10 +580,15 @@ def main(argv=None):
                 ev["rank_eval_fraction_while_dense"] = ev["rank_only_seconds"] / (ev["rank_only_seconds"] + dense)
                 results["in_training_eval"] = ev
                 save()
+    return print_table(format_table(results), results, args.json)
+
+
+def print_table(table: str, results: dict, json_path) -> dict:
+    """The benchmark's last words: its table, where the JSON went; returns the results."""
     print()
-    print(format_table(results))
-    if args.json:
-        print(f"\n-> {args.json}")
+    print(table)
+    if json_path:
+        print(f"\n-> {json_path}")
     return results
 
 
@@ -538,6 +609,10 @@ def format_table(r: dict) -> str:
         if "rr_overhead_fraction" in t:
             lines.append(f"Rank Reduction adds {100 * t['rr_overhead_fraction']:+.1f} % to the step of train.py "
                          f"{variant_flags(name.split(' + ')[0])} (the same batches, in alternating blocks).")
+    if "rr_solver_ms" in r:
+        solvers = r["rr_solver_ms"]
+        lines.append("RR penalty alone, forward + backward, ms by batch rows (" + " / ".join(solvers) + "): " + ", ".join(
+            f"B={b}: " + " / ".join(f"{solvers[s][b]:.2f}" for s in solvers) for b in next(iter(solvers.values()))))
     if "rr_eigh_ms" in r:
         lines.append("RR's eigh of the n x n batch Gram matrix, ms (on the device in float32 / through the host in "
                      "float64): " + ", ".join(f"n={n}: {t['device']:.2f} / {t['host_float64']:.2f}"

@@ -11,7 +11,7 @@ import os
 import torch
 from torch import nn
 
-from utils.pooling import POOLERS, encoder_outputs, pool
+from utils.pooling import SIMCSE_POOLERS, encoder_outputs, pool
 
 
 class ModelLoadError(SystemExit):
@@ -123,8 +123,8 @@ class SimCSEModel(nn.Module):
                  unpad: bool = False):
         super().__init__()
         self.unpad = unpad  # utils.unpad's padding-free forward (train.py --unpad_inputs)
-        if pooler_type not in POOLERS:
-            raise ValueError(f"unknown pooler {pooler_type!r}; choose one of {', '.join(POOLERS)}")
+        if pooler_type not in SIMCSE_POOLERS:
+            raise ValueError(f"unknown pooler {pooler_type!r}; choose one of {', '.join(SIMCSE_POOLERS)}")
         self.pooler_type = pooler_type
         self.mlp_only_train = mlp_only_train
         self.encoder = encoder
@@ -133,11 +133,15 @@ class SimCSEModel(nn.Module):
         self._hf_pooler = [getattr(encoder, "pooler", None)]
         if self._hf_pooler[0] is not None:
             encoder.pooler = None
+        # how a method other than SimCSE reads its exports (utils.methods: PromptBERT's prompt and [MASK] state)
+        self.sentence_embedding = {}
         init_std = getattr(encoder.config, "initializer_range", 0.02)
         self.mlp = MLPLayer(encoder.config.hidden_size, init_std) if pooler_type == "cls" else None
 
     @property
     def eval_pooler(self) -> str:
+        if self.sentence_embedding.get("pooler"):
+            return self.sentence_embedding["pooler"]
         if self.pooler_type == "cls" and self.mlp_only_train:
             return "cls_before_pooler"
         return self.pooler_type
@@ -166,6 +170,8 @@ class SimCSEModel(nn.Module):
                 hf_pooler.dense.load_state_dict(self.mlp.dense.state_dict())
         encoder.pooler = hf_pooler
         encoder.config.sentence_pooler = self.eval_pooler  # read back by evaluate.py's default --pooler
+        if self.sentence_embedding:  # the template and its rules, read back by evaluate.py and analyze_rank.py
+            encoder.config.sentence_embedding = self.sentence_embedding
         try:
             encoder.save_pretrained(out_dir)
         finally:
@@ -179,8 +185,8 @@ class SimCSEModel(nn.Module):
 def write_sentence_transformers_files(out_dir, eval_pooler, hidden_size, max_seq_length, mlp=None):
     """modules.json + 1_Pooling (+ 2_Dense for an MLP) in sentence-transformers' long-standing layout.
 
-    sentence-transformers has no pooler for SimCSE's `avg_first_last` / `avg_top2`; those checkpoints
-    get no modules.json (sentence-transformers would silently mean-pool), only the transformers files.
+    sentence-transformers has no pooler for SimCSE's `avg_first_last` / `avg_top2`, nor for PromptBERT's
+    [MASK] state of a prompt (`mask`); those checkpoints get no modules.json (sentence-transformers would silently mean-pool), only the transformers files.
     """
     modes = {"cls": "cls_token", "cls_before_pooler": "cls_token", "avg": "mean_tokens"}
     if eval_pooler not in modes:

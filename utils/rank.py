@@ -29,8 +29,12 @@ import math
 import torch
 
 from utils.distributed import gather_with_grad
+from utils.matrix_entropy import matrix_entropy
 
 RANK_METRICS = ("effective_rank", "vne", "eig_effective_rank", "energy_rank")
+# how vne_penalty computes S: an eigendecomposition (the reference), or utils.matrix_entropy's resolvent
+# quadrature (products and one batched inverse: no host synchronisation, capturable in a CUDA graph)
+RR_SOLVERS = ("eigh", "quadrature")
 
 # ----------------------------------------------------------------------------- spectra
 
@@ -249,9 +253,9 @@ class _MatrixEntropy(torch.autograd.Function):
         return grad[..., None, None] * (U * -(lam_c.log() + 1)[..., None, :]) @ U.transpose(-1, -2)
 
 
-def vne_penalty(z: torch.Tensor, gather: bool = False) -> torch.Tensor:
+def vne_penalty(z: torch.Tensor, gather: bool = False, solver: str = "eigh") -> torch.Tensor:
     """Differentiable VNE of the rows of z (B, d), any dtype: a 0-dim float32 tensor equal to vne(z);
-    of each view of z (V, B, d): a (V,) tensor, in one eigendecomposition call.
+    of each view of z (V, B, d): a (V,) tensor, in one (batched) solver call.
 
     Computed in float32 with autocast off, on the (B, B) Gram matrix K = ẑẑᵀ / B (its nonzero eigenvalues
     are those of ẑᵀẑ / B); with zero rows K is divided by the number of nonzero rows instead (trace 1).
@@ -259,17 +263,25 @@ def vne_penalty(z: torch.Tensor, gather: bool = False) -> torch.Tensor:
     (utils.distributed.gather_with_grad; every process must call it with the same B), identical on every
     process, so DDP's gradient averaging yields exactly one process's gradient on the global batch.
     On one process gather changes nothing.
+    solver (RR_SOLVERS): "eigh", an eigendecomposition of K; "quadrature", utils.matrix_entropy's
+    eigendecomposition-free S and gradient (within 1e-5 of eigh), on the smaller of K and ẑᵀẑ / B.
     """
     if z.ndim not in (2, 3):
         raise ValueError(f"expected (B, d) or (V, B, d) embeddings, got shape {tuple(z.shape)}")
+    if solver not in RR_SOLVERS:
+        raise ValueError(f"solver must be one of {RR_SOLVERS}, got {solver!r}")
     if gather:
         z = gather_with_grad(z) if z.ndim == 2 else torch.stack([gather_with_grad(view) for view in z])
     with torch.autocast(device_type=z.device.type, enabled=False):
-        return _row_entropy(z.float())
+        return _row_entropy(z.float(), solver)
 
 
-def _row_entropy(z: torch.Tensor) -> torch.Tensor:
+def _row_entropy(z: torch.Tensor, solver: str = "eigh") -> torch.Tensor:
     """vne_penalty's computation in z's own dtype (the tests gradcheck it in float64)."""
     z = _unit_rows(z)
     nonzero_rows = (z.detach() != 0).any(dim=-1).sum(-1).clamp_min(1)
-    return _MatrixEntropy.apply(z @ z.transpose(-1, -2) / nonzero_rows[..., None, None])
+    if solver == "eigh":
+        return _MatrixEntropy.apply(z @ z.transpose(-1, -2) / nonzero_rows[..., None, None])
+    # ẑᵀẑ has the nonzero spectrum of ẑẑᵀ: the smaller matrix is cheaper and has fewer zero eigenvalues
+    gram = z.transpose(-1, -2) @ z if z.shape[-2] > z.shape[-1] else z @ z.transpose(-1, -2)
+    return matrix_entropy(gram / nonzero_rows[..., None, None], solver)

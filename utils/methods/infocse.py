@@ -1,0 +1,264 @@
+"""InfoCSE (Wu et al., EMNLP 2022 Findings): SimCSE plus a masked-language-model objective that can only be
+solved through the sentence's [CLS].
+
+- Contrastive part: the batch stacked twice (two dropout views) through the online encoder; z =
+  ProjectionMLP([CLS]) (Linear(H, 2H) -> BatchNorm -> ReLU -> Linear(2H, H) -> BatchNorm(affine=False), in
+  training only: evaluation and export read the raw [CLS]); InfoNCE over cos / temp.
+- MLM part: a masked copy of the same 2B rows (p = --mlm_probability; 80 % [MASK], 10 % a random token,
+  10 % kept; special tokens and padding never masked) goes through a frozen copy of the initial encoder's
+  embeddings and first --frozen_layers layers (never trained, no gradient). Position 0 of those token
+  states is replaced by the online encoder's last-layer [CLS] of the unmasked row (with its gradient); the
+  sequence runs through `c_head` (--head_layers fresh encoder layers) and the MLM head, and cross-entropy
+  scores the masked positions only. The MLM head's decoder is the frozen copy's word-embedding matrix, so
+  the MLM gradient reaches the online encoder through that one [CLS] vector and nowhere else.
+- loss = InfoNCE + --mlm_weight * MLM.
+
+The published recipe starts from Condenser (Luyu/condenser), whose pretrained MLM head and head layers are
+part of it. A plain encoder checkpoint has neither: `c_head` and the MLM head's transform start from the
+encoder's own initialisation (normal, std = initializer_range; bias zero), so results from another
+starting point are not the published setting. The frozen copy follows the module's train / eval mode
+(dropout in training), like any other submodule.
+
+Rank Reduction defaults to the pooled [CLS] (`rr_default = "encoder"`): the head's last BatchNorm
+standardises every dimension of z over the batch, which works against lowering its rank.
+
+Several processes: the BatchNorm statistics are each process's own (not synchronised), as in the authors'
+code; the MLM masks are drawn per process from the step's generator, so a resume draws them again.
+"""
+
+import copy
+import sys
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from utils.loss import contrastive_loss
+from utils.methods.base import Method, Output
+
+IGNORE = -100  # the label of a position the MLM does not score (cross_entropy's ignore_index)
+
+
+class ProjectionMLP(nn.Module):
+    """InfoCSE's training head over [CLS]: (N, H) -> (N, H).
+
+    Linear(H, 2H, no bias) -> BatchNorm1d(2H) -> ReLU -> Linear(2H, H, no bias) -> BatchNorm1d(H, affine=False).
+    In training BatchNorm uses the batch's statistics (all 2B rows: both views together); in eval mode the
+    running ones.
+    """
+
+    def __init__(self, hidden_size: int, init_std: float = 0.02):
+        super().__init__()
+        self.fc1 = nn.Linear(hidden_size, 2 * hidden_size, bias=False)
+        self.bn1 = nn.BatchNorm1d(2 * hidden_size)
+        self.activation = nn.ReLU()
+        self.fc2 = nn.Linear(2 * hidden_size, hidden_size, bias=False)
+        self.bn2 = nn.BatchNorm1d(hidden_size, affine=False)
+        for linear in (self.fc1, self.fc2):  # the encoder's initializer, as for SimCSE's MLP
+            nn.init.normal_(linear.weight, std=init_std)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.bn2(self.fc2(self.activation(self.bn1(self.fc1(features)))))
+
+
+class MLMHead(nn.Module):
+    """The MLM prediction head: (N, H) token states -> (N, V) vocabulary logits.
+
+    transform = Linear(H, H), the config's activation, LayerNorm; then a decoder whose weight (V, H) is
+    passed in (the frozen word embeddings, never trained here) and whose bias (V,) is trained.
+    """
+
+    def __init__(self, config, vocab_size: int):
+        super().__init__()
+        from transformers.activations import ACT2FN
+
+        hidden = config.hidden_size
+        self.dense = nn.Linear(hidden, hidden)
+        act = getattr(config, "hidden_act", "gelu")
+        self.activation = ACT2FN[act] if isinstance(act, str) else act
+        # named LayerNorm so train.py's optimizer keeps weight decay off it, as off the encoder's own
+        self.LayerNorm = nn.LayerNorm(hidden, eps=getattr(config, "layer_norm_eps", 1e-12))
+        self.bias = nn.Parameter(torch.zeros(vocab_size))
+
+    def forward(self, hidden: torch.Tensor, decoder_weight: torch.Tensor) -> torch.Tensor:
+        return F.linear(self.LayerNorm(self.activation(self.dense(hidden))), decoder_weight, self.bias)
+
+
+def layer_attention_mask(layer: nn.Module, config, hidden: torch.Tensor, attention_mask: torch.Tensor):
+    """The attention mask `layer`'s class reads, from the (B, L) key-padding mask (1 = real token).
+
+    Where the layer's modeling file builds its masks with transformers' `create_bidirectional_mask`
+    (transformers 5), that builder gives the form the configured attention implementation reads (or None
+    when nothing is masked); otherwise (transformers 4's BERT-style models) the additive (B, 1, 1, L) mask
+    of `get_extended_attention_mask`, which both eager and SDPA attention read.
+    """
+    build = getattr(sys.modules.get(type(layer).__module__), "create_bidirectional_mask", None)
+    if build is not None:
+        return build(config=config, inputs_embeds=hidden, attention_mask=attention_mask)
+    padding = 1.0 - attention_mask[:, None, None, :].to(hidden.dtype)
+    return padding * torch.finfo(hidden.dtype).min
+
+
+def run_layers(layers, hidden: torch.Tensor, attention_mask: torch.Tensor, config) -> torch.Tensor:
+    """(B, L, H) states through encoder layers, padding keys masked out -> (B, L, H)."""
+    mask = layer_attention_mask(layers[0], config, hidden, attention_mask)
+    for layer in layers:
+        out = layer(hidden, mask)
+        hidden = out[0] if isinstance(out, tuple) else out  # transformers 4 returns a tuple, 5 the tensor
+    return hidden
+
+
+class FrozenLowerEncoder(nn.Module):
+    """A copy of an encoder's embeddings and first `layers` layers, never trained:
+    (B, L) ids -> (B, L, H) token states, computed without a graph."""
+
+    def __init__(self, encoder: nn.Module, layers: int):
+        super().__init__()
+        self.embeddings = copy.deepcopy(encoder.embeddings)
+        self.layer = nn.ModuleList(copy.deepcopy(layer) for layer in encoder.encoder.layer[:layers])
+        self.config = encoder.config
+        self.requires_grad_(False)
+
+    @property
+    def word_embeddings(self) -> torch.Tensor:
+        """(V, H): the initial encoder's input-embedding matrix."""
+        return self.embeddings.word_embeddings.weight
+
+    @torch.no_grad()
+    def forward(self, input_ids, attention_mask, token_type_ids=None) -> torch.Tensor:
+        hidden = self.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)
+        return run_layers(self.layer, hidden, attention_mask, self.config)
+
+
+def mask_tokens(input_ids: torch.Tensor, attention_mask: torch.Tensor, special_ids: torch.Tensor, mask_id: int,
+                vocab_size: int, probability: float, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, L) ids and mask -> (masked ids, labels), both (N, L), BERT's MLM corruption.
+
+    Each real, non-special token is chosen with `probability`; a chosen token becomes `mask_id` (80 %), a
+    uniformly random id below `vocab_size` (10 %) or stays (10 %). labels hold the original id at the
+    chosen positions and IGNORE elsewhere.
+    """
+    eligible = attention_mask.bool() & ~torch.isin(input_ids, special_ids)
+    chosen = eligible & (torch.rand(input_ids.shape, generator=generator) < probability)
+    how = torch.rand(input_ids.shape, generator=generator)
+    random_ids = torch.randint(vocab_size, input_ids.shape, generator=generator, dtype=input_ids.dtype)
+    masked = input_ids.clone()
+    masked[chosen & (how < 0.8)] = mask_id
+    replaced = chosen & (how >= 0.8) & (how < 0.9)
+    masked[replaced] = random_ids[replaced]
+    labels = torch.full_like(input_ids, IGNORE)
+    labels[chosen] = input_ids[chosen]
+    return masked, labels
+
+
+class InfoCSE(Method):
+    """SimCSE's two dropout views + ProjectionMLP, and an MLM through [CLS] on a frozen lower encoder."""
+
+    name, label = "infocse", "InfoCSE"
+    flags = (
+        ("--mlm_probability", dict(type=float, default=0.4,
+                                   help="infocse: share of the real tokens masked for the MLM through [CLS]")),
+        ("--mlm_weight", dict(type=float, default=1e-5, help="infocse: loss = InfoNCE + this x MLM")),
+        ("--frozen_layers", dict(type=int, default=None,
+                                 help="infocse: lower layers of the initial encoder, frozen, that encode the masked "
+                                      "copy (None: half the encoder's layers, the authors' skip_from 6 of 12)")),
+        ("--head_layers", dict(type=int, default=2,
+                               help="infocse: fresh encoder layers over [CLS] + the frozen token states")),
+    )
+    rr_default = "encoder"  # the pooled [CLS]: the head's last BatchNorm standardises z's dimensions
+    # the authors' Infocse-bert-base.sh: batch 64, lr 7e-6, 2 epochs, cls --mlp_only_train
+    recipe = {**Method.recipe, "learning_rate": 7e-6, "num_train_epochs": 2, "mlp_only_train": True}
+
+    def __init__(self, args, model, tokenizer):
+        super().__init__(args, model, tokenizer)
+        encoder = model.encoder
+        self._check_model(model)
+        config = encoder.config
+        total = len(encoder.encoder.layer)
+        frozen = args.frozen_layers if args.frozen_layers is not None else max(1, total // 2)
+        if not 1 <= frozen <= total:
+            raise ValueError(f"argument --frozen_layers: must be in [1, {total}] (the model's layers), got {frozen}")
+        if args.head_layers < 1:
+            raise ValueError(f"argument --head_layers: must be >= 1, got {args.head_layers}")
+        self.mlm_probability, self.mlm_weight, self.frozen_layers = args.mlm_probability, args.mlm_weight, frozen
+        self.config = config
+        model.mlp = ProjectionMLP(config.hidden_size, getattr(config, "initializer_range", 0.02))
+        self.frozen = FrozenLowerEncoder(encoder, frozen)
+        layer_class = type(encoder.encoder.layer[0])
+        self.c_head = nn.ModuleList(layer_class(config) for _ in range(args.head_layers))
+        self.lm_head = MLMHead(config, self.frozen.word_embeddings.shape[0])
+        for module in [*self.c_head.modules(), *self.lm_head.modules()]:
+            encoder._init_weights(module)  # the encoder's own initializer (normal, std = initializer_range)
+        nn.init.zeros_(self.lm_head.bias)
+        # host-side masking data (views runs on the host): plain attributes, not state
+        self.mask_id = tokenizer.mask_token_id
+        self.special_ids = torch.tensor(sorted(set(tokenizer.all_special_ids)), dtype=torch.long)
+        self.vocab_size = len(tokenizer)
+
+    @staticmethod
+    def _check_model(model) -> None:
+        """Refuse (ValueError naming the flag) a sentence model InfoCSE cannot train."""
+        if model.pooler_type != "cls":
+            raise ValueError(f"argument --pooler_type: InfoCSE trains its head on [CLS]: use cls, got "
+                             f"{model.pooler_type}")
+        if not model.mlp_only_train:
+            raise ValueError("argument --no-mlp_only_train: InfoCSE's BatchNorm head is for training only; "
+                             "evaluation reads the raw [CLS]")
+        encoder = model.encoder
+        if getattr(encoder, "embeddings", None) is None or getattr(getattr(encoder, "encoder", None), "layer",
+                                                                   None) is None:
+            raise ValueError(f"--model_name_or_path: InfoCSE needs a BERT-style encoder (embeddings + encoder.layer), "
+                             f"got {type(encoder).__name__}")
+
+    @classmethod
+    def check_args(cls, args):
+        if not 0 < args.mlm_probability < 1:
+            return f"argument --mlm_probability: must be in (0, 1), got {args.mlm_probability}"
+        if args.mlm_weight < 0:
+            return f"argument --mlm_weight: must be >= 0, got {args.mlm_weight}"
+        if args.head_layers < 1:
+            return f"argument --head_layers: must be >= 1, got {args.head_layers}"
+        if args.frozen_layers is not None and args.frozen_layers < 1:
+            return f"argument --frozen_layers: must be >= 1, got {args.frozen_layers}"
+        if getattr(args, "pooler_type", "cls") != "cls":
+            return f"argument --pooler_type: InfoCSE trains its head on [CLS]: use cls, got {args.pooler_type}"
+        if not getattr(args, "mlp_only_train", True):
+            return ("argument --no-mlp_only_train: InfoCSE's BatchNorm head is for training only; evaluation "
+                    "reads the raw [CLS]")
+        return None
+
+    @classmethod
+    def check_tokenizer(cls, tokenizer, args):
+        if tokenizer.mask_token_id is None:
+            name = getattr(args, "model_name_or_path", None)
+            flag = f"--model_name_or_path {name}" if name else "--model_name_or_path"
+            return f"{flag}: its tokenizer has no mask token, which InfoCSE's masked-language-model objective needs"
+        return None
+
+    def views(self, batch, step):
+        """Both views (2B rows) plus "mlm_input_ids" and "mlm_labels" (2B, L): each row masked on its own."""
+        inputs = super().views(batch, step)
+        inputs["mlm_input_ids"], inputs["mlm_labels"] = mask_tokens(
+            inputs["input_ids"], inputs["attention_mask"], self.special_ids, self.mask_id, self.vocab_size,
+            self.mlm_probability, self.generator(step))
+        return inputs
+
+    def mlm_loss(self, pooled, mlm_input_ids, mlm_labels, attention_mask, token_type_ids=None) -> torch.Tensor:
+        """Mean cross-entropy at the masked positions; pooled (2B, H) is the only input with a gradient."""
+        states = self.frozen(mlm_input_ids, attention_mask, token_type_ids)  # (2B, L, H), no graph
+        hidden = torch.cat([pooled[:, None].to(states.dtype), states[:, 1:]], dim=1)
+        hidden = run_layers(self.c_head, hidden, attention_mask, self.config)
+        scored = mlm_labels != IGNORE
+        # the vocabulary projection on the masked positions only: the same loss, most of the work saved
+        logits = self.lm_head(hidden[scored], self.frozen.word_embeddings)
+        # a sum over the scored positions: 0 (not NaN) for a batch without any, every head still in the graph
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # float32 at least under autocast
+        return F.cross_entropy(logits, mlm_labels[scored], reduction="sum") / scored.sum().clamp(min=1)
+
+    def forward(self, model, inputs, temp):
+        encoder_inputs = {k: v for k, v in inputs.items() if not k.startswith("mlm_")}
+        z, pooled = model(**encoder_inputs, return_pooled=True)
+        z1, z2 = z.chunk(2)
+        mlm = self.mlm_loss(pooled, inputs["mlm_input_ids"], inputs["mlm_labels"], inputs["attention_mask"],
+                            inputs.get("token_type_ids"))
+        return Output(contrastive_loss(z1, z2, temp) + self.mlm_weight * mlm, z, pooled)
