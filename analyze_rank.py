@@ -30,7 +30,7 @@ from utils.analysis import band, group_runs, group_stats, load_run, phase_analys
 from utils.cli import number
 from utils.data import DataError, check_output_path
 from utils.encode import EmbeddingCache, default_max_length, encode, parse_device, sentence_embedding_of
-from utils.findings import judge
+from utils.findings import judge_by_method
 from utils.model import ModelLoadError, load_pretrained
 from utils.pooling import PooledEncoder
 from utils.rank import RANK_METRICS, probe_metrics, stsb_probe
@@ -222,7 +222,7 @@ def main(argv=None):
             "log_peak": run["log_peak"], "notes": run["notes"],
         }
     group_results = [group_stats(g, results_by_run, args.phase_metric) for g in groups]
-    findings = judge(runs, groups, phases, args.phase_metric)
+    findings, findings_by_method = judge_by_method(runs, groups, phases, args.phase_metric)
     notes = []
     if probing_tasks is None:
         notes.append("no probing columns: no --probing_dir given")
@@ -240,6 +240,7 @@ def main(argv=None):
         "runs": list(results_by_run.values()),
         "groups": group_results,
         "findings": findings,
+        "findings_by_method": findings_by_method,
         "bands": {g["label"]: {m: band([rows_by_run[run["name"]] for run in g["runs"]], m)
                                for m in (args.phase_metric, "stsb_dev")} for g in groups},
         "seconds": round(seconds, 1),

@@ -5,7 +5,7 @@ import math
 import pytest
 
 from utils.analysis import group_runs
-from utils.findings import FAILS, HOLDS, TOO_FEW, compare_means, judge, trajectory
+from utils.findings import FAILS, HOLDS, TOO_FEW, compare_means, judge, judge_by_method, trajectory
 
 STEPS = list(range(0, 101, 5))
 
@@ -105,6 +105,27 @@ def test_phase_flip_failure_and_correlation_failure():
     result = judge(runs, group_runs(runs))
     v = dict((f["id"], f["verdict"]) for f in result["findings"] if f["id"] in (2, 4))
     assert v[2] == FAILS and v[4] == FAILS
+
+
+def test_several_methods_are_judged_each_on_its_own_runs():
+    """Two methods' studies in one analysis: each method's baseline is compared with its own RR runs only."""
+    simcse = study()
+    esim = [dict(r, name="esimcse-" + r["name"], dir="esimcse-" + r["dir"],
+                 args={**r["args"], "method": "esimcse", "output_dir": "esimcse-" + r["name"]}) for r in study()]
+    # ESimCSE's RR runs are worse than its baseline: judged on its own, finding 5 fails there
+    for r in esim:
+        if r["args"]["rank_reduction"]:
+            r["log"] = [dict(row, stsb_dev=row["stsb_dev"] - 3) for row in r["log"]]
+            r["sts_test"] -= 3
+    runs = simcse + esim
+    findings, by_method = judge_by_method(runs, group_runs(runs))
+    assert findings is None and list(by_method) == ["SimCSE", "ESimCSE"]
+    assert by_method["SimCSE"]["judged_on"] == [r["name"] for r in simcse if not r["args"]["rank_reduction"]]
+    five = lambda result: [f for f in result["findings"] if f["id"] == 5]  # noqa: E731
+    assert FAILS not in [f["verdict"] for f in five(by_method["SimCSE"])] and five(by_method["SimCSE"])
+    assert [f["verdict"] == FAILS for f in five(by_method["ESimCSE"])].count(True) >= 2
+    single, none = judge_by_method(simcse, group_runs(simcse))  # one method: the plain table
+    assert none is None and verdicts(single) == verdicts(judge(simcse, group_runs(simcse)))
 
 
 def test_too_few_runs_say_so_rather_than_pass_or_fail():

@@ -252,6 +252,13 @@ def config_key(args) -> str:
                        and not (k == "method" and v == "simcse")}, sort_keys=True)
 
 
+def method_label(args) -> str:
+    """The name of a run's method ("SimCSE" for runs from before train.py had --method, or without args)."""
+    from utils.methods import METHODS
+
+    return METHODS[(args or {}).get("method") or "simcse"].label
+
+
 def group_runs(runs) -> list[dict]:
     """Runs with the same configuration, in first-seen order: [{"key", "label", "differs", "runs"}].
 
@@ -261,7 +268,6 @@ def group_runs(runs) -> list[dict]:
     "ESimCSE + RR λ=0.1"); an arg is named only where it differs between runs of the same method (its own
     flags and its recipe's batch, lr and epochs are part of the method's name). Runs without args each form
     their own group, labelled by the run's name."""
-    from utils.methods import METHODS
 
     groups = {}
     for run in runs:
@@ -282,7 +288,7 @@ def group_runs(runs) -> list[dict]:
         same_method = [c for c in configs if c and (c.get("method") or "simcse") == method]
         parts = ["baseline" if weight == 0 else f"RR λ={weight:g}"]
         if methods != {"simcse"}:
-            parts = [METHODS[method].label + ("" if weight == 0 else f" + RR λ={weight:g}")]
+            parts = [method_label(config) + ("" if weight == 0 else f" + RR λ={weight:g}")]
         parts += [f"{k}={config.get(k)}" for k in differing if k not in ("rank_reduction", "method")
                   and not (k in RR_ONLY and weight == 0)  # RR's settings mean nothing without RR
                   and not (k == "rr_schedule" and config.get(k) == "constant")

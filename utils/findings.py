@@ -409,3 +409,19 @@ def _num(v, spec: str = ".3g") -> str:
 
 def _p(v) -> str:
     return "–" if v is None else f"{v:.3g}"
+
+
+def judge_by_method(runs: list, groups: list, sweep_phases: dict | None = None,
+                    rank_key: str = "effective_rank") -> tuple[dict | None, dict | None]:
+    """(findings, findings_by_method): `judge` on all runs where they are of one method; else None and
+    {method label: judge of that method's runs}, so that baseline and RR are compared within a method,
+    never across methods."""
+    from utils.analysis import method_label
+
+    by_method = {}
+    for group in groups:
+        by_method.setdefault(method_label(group["runs"][0]["args"]), []).append(group)
+    if len(by_method) <= 1:
+        return judge(runs, groups, sweep_phases, rank_key), None
+    return None, {label: judge([r for g in gs for r in g["runs"]], gs, sweep_phases, rank_key)
+                  for label, gs in by_method.items()}

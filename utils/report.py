@@ -145,12 +145,13 @@ def run_section(name: str, run: dict, rows, rank_key: str) -> list[str]:
     return lines
 
 
-def findings_section(findings: dict) -> list[str]:
-    """The findings table (utils.findings.judge) with the rules it applied."""
+def findings_section(findings: dict, method: str | None = None) -> list[str]:
+    """The findings table (utils.findings.judge) with the rules it applied; `method`: the runs' method, where
+    a report judges several methods each on its own runs."""
     t = findings["thresholds"]
     rows = [[f["id"], f["claim"], f["measured"], f["statistic"], f"**{f['verdict']}**: {f['why']}"]
             for f in findings["findings"]]
-    return ["## Findings", "",
+    return ["## Findings" + (f": {method}" if method else ""), "",
             f"Each claim of the paper judged on these runs (findings 1–4 on {', '.join(findings['judged_on'])}). "
             f"A verdict needs {t['min_runs']} runs per group ({t['min_runs_spread']} for a spread); per-run "
             f"effects must appear in ≥ {t['share']:.0%} of the runs; tests at p < {t['alpha']}; correlations need "
@@ -171,6 +172,8 @@ def markdown(results: dict, rows_by_run: dict, plots: list, plots_note) -> str:
              "recomputed from `checkpoints.csv` (Phase 1 = rows with phase 1 or peak, Phase 2 = peak or 2).", ""]
     if results.get("findings"):
         lines += findings_section(results["findings"])
+    for method, findings in (results.get("findings_by_method") or {}).items():
+        lines += findings_section(findings, method)
     lines += ["## Groups (mean ± std over seeds)", ""]
     body = []
     for g in results["groups"]:
