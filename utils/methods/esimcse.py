@@ -82,6 +82,9 @@ class ESimCSE(Method):
         # fixed-size buffers (saved and resumed with the model): rows [0, queue_len) are the queue, oldest first
         self.register_buffer("queue", torch.zeros(args.queue_size, hidden))
         self.register_buffer("queue_len", torch.zeros((), dtype=torch.long))
+        # the same count on the host: reading the buffer every step would make the host wait on a GPU
+        self._queue_len = 0
+        self.register_load_state_dict_post_hook(lambda module, _: setattr(module, "_queue_len", int(module.queue_len)))
 
     @classmethod
     def check_args(cls, args):
@@ -115,7 +118,7 @@ class ESimCSE(Method):
     def forward(self, model, inputs, temp):
         z, pooled = model(**inputs, return_pooled=True)
         z1, z2 = z.chunk(2)
-        loss = queue_loss(z1, z2, self.queue[: int(self.queue_len)], temp)
+        loss = queue_loss(z1, z2, self.queue[: self._queue_len], temp)
         self.update_queue(model, {k: v[: z1.shape[0]] for k, v in inputs.items()})
         return Output(loss, z, pooled)
 
@@ -138,6 +141,7 @@ class ESimCSE(Method):
             new = pool(model.pooler_type, view1["attention_mask"], outputs)
         else:
             new = model.mlp(pool("cls_before_pooler", view1["attention_mask"], outputs))
-        kept = torch.cat([self.queue[: int(self.queue_len)], new.detach().float()])[-self.queue_size:]
+        kept = torch.cat([self.queue[: self._queue_len], new.detach().float()])[-self.queue_size:]
         self.queue[: kept.shape[0]] = kept
         self.queue_len.fill_(kept.shape[0])
+        self._queue_len = kept.shape[0]
