@@ -125,6 +125,23 @@ def write_fake_senteval(root: Path, pairs: int = 40, seed: int = 0) -> Path:
     return root
 
 
+def add_fake_sts_years(root: Path, pairs: int = 6) -> Path:
+    """STS12-16 files (every subset SentEval reads) with toy sentences, so --sts_test can run."""
+    import random
+
+    from utils.sts import STS_YEARS
+
+    rng = random.Random(3)
+    sent = lambda: " ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 8)))  # noqa: E731
+    for year, subsets in STS_YEARS.items():
+        folder = root / "downstream" / "STS" / f"{year}-en-test"
+        folder.mkdir(parents=True, exist_ok=True)
+        for name in subsets:
+            (folder / f"STS.input.{name}.txt").write_text("".join(f"{sent()}\t{sent()}\n" for _ in range(pairs)))
+            (folder / f"STS.gs.{name}.txt").write_text("".join(f"{rng.uniform(0, 5):.2f}\n" for _ in range(pairs)))
+    return root
+
+
 def write_corpus(path: Path, lines: int = 300, seed: int = 1) -> Path:
     import random
 
@@ -137,6 +154,12 @@ def write_corpus(path: Path, lines: int = 300, seed: int = 1) -> Path:
 @pytest.fixture(scope="session")
 def fake_senteval(tmp_path_factory) -> Path:
     return write_fake_senteval(tmp_path_factory.mktemp("senteval-data"))
+
+
+@pytest.fixture(scope="session")
+def fake_senteval_sts(tmp_path_factory) -> Path:
+    """A toy SentEval folder with every STS test set too: what evaluate.py --mode test and run.sh read."""
+    return add_fake_sts_years(write_fake_senteval(tmp_path_factory.mktemp("senteval-sts-data")))
 
 
 @pytest.fixture(scope="session")

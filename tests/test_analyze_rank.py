@@ -8,27 +8,12 @@ import sys
 import pytest
 from scipy.stats import kendalltau, spearmanr
 
-from tests.conftest import REPO, WORDS, write_fake_senteval
+from tests.conftest import REPO, WORDS, add_fake_sts_years, write_fake_senteval
 from tests.test_train import train_cmd
 from utils.phase import offline_peak
-from utils.sts import STS_YEARS
 
 TRAIN_ARGS = ("--pooler_type", "avg", "--max_train_steps", "8", "--eval_steps", "4", "--rank_eval_steps", "2",
               "--rank_eval_until", "8", "--save_steps", "2")
-
-
-def add_fake_sts_years(root, pairs=6):
-    """STS12-16 files (every subset SentEval reads) with toy sentences, so --sts_test can run."""
-    import random
-
-    rng = random.Random(3)
-    sent = lambda: " ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 8)))  # noqa: E731
-    for year, subsets in STS_YEARS.items():
-        folder = root / "downstream" / "STS" / f"{year}-en-test"
-        folder.mkdir(parents=True, exist_ok=True)
-        for name in subsets:
-            (folder / f"STS.input.{name}.txt").write_text("".join(f"{sent()}\t{sent()}\n" for _ in range(pairs)))
-            (folder / f"STS.gs.{name}.txt").write_text("".join(f"{rng.uniform(0, 5):.2f}\n" for _ in range(pairs)))
 
 
 def write_fake_probing(folder):

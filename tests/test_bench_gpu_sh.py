@@ -1,18 +1,35 @@
 """bench_gpu.sh, both GPU benchmarks in one run, plumbed end to end on the CPU with a tiny model and tiny
 settings (the numbers mean nothing here; the GPU run is in docs/speed.md). Every run gets PYTHON = this
-interpreter, so the suite works when run by a python that is not the `python3` on PATH."""
+interpreter, so the suite works when run by a python that is not the `python3` on PATH. The data is a toy
+SentEval folder with a small TREC: the plumbing is under test, not the speed."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import REPO
+from utils.transfer import TREC_LABELS
 
 
-def test_runs_both_benchmarks_and_writes_their_results(tmp_path, tiny_bert, shared_data):
+@pytest.fixture(scope="module")
+def data(tmp_path_factory, fake_senteval_sts):
+    root = tmp_path_factory.mktemp("bench-data") / "data"
+    shutil.copytree(fake_senteval_sts, root)
+    trec = root / "downstream" / "TREC"
+    trec.mkdir()
+    for name, n in (("train_5500.label", 60), ("TREC_10.label", 18)):
+        (trec / name).write_text("".join(f"{TREC_LABELS[i % 6]}:x question {i} about thing {i % 6} ?\n"
+                                         for i in range(n)))
+    return root
+
+
+def test_runs_both_benchmarks_and_writes_their_results(tmp_path, tiny_bert, data):
     out = tmp_path / "out"
-    env = dict(os.environ, PYTHON=sys.executable, DATA_DIR=str(shared_data), MODEL=str(tiny_bert), OUT_DIR=str(out),
+    env = dict(os.environ, PYTHON=sys.executable, DATA_DIR=str(data), MODEL=str(tiny_bert), OUT_DIR=str(out),
                FEATURES_DIR=str(tmp_path / "features"), TRAIN_FILE=str(tmp_path / "absent.txt"),
                BENCH_ARGS="--config minilm-l6 --cpu --steps 1 --warmup_steps 1 --batch_size 4 --variants default "
                           "--skip sentence-transformers rr encode suite eval",
@@ -30,9 +47,9 @@ def test_runs_both_benchmarks_and_writes_their_results(tmp_path, tiny_bert, shar
     assert {"gpu.txt", "bench.log", "transfer.log"} <= {p.name for p in out.iterdir()}
 
 
-def test_a_failing_benchmark_fails_the_script_after_the_other_ran(tmp_path, tiny_bert, shared_data):
+def test_a_failing_benchmark_fails_the_script_after_the_other_ran(tmp_path, tiny_bert, data):
     out = tmp_path / "out"
-    env = dict(os.environ, PYTHON=sys.executable, DATA_DIR=str(shared_data), MODEL=str(tiny_bert), OUT_DIR=str(out),
+    env = dict(os.environ, PYTHON=sys.executable, DATA_DIR=str(data), MODEL=str(tiny_bert), OUT_DIR=str(out),
                FEATURES_DIR=str(tmp_path / "features"), BENCH_ARGS="--steps 0",  # rejected by the bench
                TRANSFER_ARGS="--tasks TREC --methods batched --mode fasttest")
     proc = subprocess.run(["bash", str(REPO / "bench_gpu.sh")], capture_output=True, text=True, cwd=REPO, env=env,

@@ -96,7 +96,7 @@ def test_every_method_trains_with_and_without_rank_reduction(tiny_bert, method, 
 @pytest.mark.parametrize("method", OTHERS)
 def test_a_resumed_run_equals_the_uninterrupted_one(tmp_path, tiny_bert, corpus, fake_senteval, method):
     """8 steps with RR and --unpad_inputs; then the same run cut back to its step-4 state and resumed."""
-    args = ("--method", method, "--max_train_steps", "8", "--eval_steps", "2", "--checkpointing_steps", "4",
+    args = ("--method", method, "--max_train_steps", "8", "--eval_steps", "4", "--checkpointing_steps", "4",
             "--rank-reduction", "0.5", "--unpad_inputs", "--logging_steps", "1",
             *(("--queue_size", "16") if method == "esimcse" else ()))
     full = tmp_path / "full"

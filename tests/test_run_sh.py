@@ -1,5 +1,6 @@
-"""run.sh, the study in one command, on a tiny model: three runs per seed (baseline, constant RR, RR schedule),
-their STS test scores, the analysis, a second call that trains nothing again, and its one-line refusals."""
+"""run.sh, the study in one command, on a tiny model and a toy SentEval folder: three runs per seed (baseline,
+constant RR, RR schedule), their STS test scores, the analysis, a second call that trains nothing again, and
+its one-line refusals."""
 
 import json
 import os
@@ -24,8 +25,8 @@ def _study(tmp_path, model, corpus, data, **overrides):
                           timeout=900)
 
 
-def test_study_trains_scores_analyses_and_resumes(tmp_path, tiny_bert, corpus, shared_data):
-    proc = _study(tmp_path, tiny_bert, corpus, shared_data)
+def test_study_trains_scores_analyses_and_resumes(tmp_path, tiny_bert, corpus, fake_senteval_sts):
+    proc = _study(tmp_path, tiny_bert, corpus, fake_senteval_sts)
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs = tmp_path / "study" / "runs"
     for name, weight, schedule in (("baseline-seed1", 0.0, "constant"), ("rr-seed1", 0.1, "constant"),
@@ -41,32 +42,34 @@ def test_study_trains_scores_analyses_and_resumes(tmp_path, tiny_bert, corpus, s
     assert (tmp_path / "study" / "analysis" / "report.md").is_file()
     assert "RR_SCHEDULE=target" in (tmp_path / "study" / "study.settings").read_text()
 
-    again = _study(tmp_path, tiny_bert, corpus, shared_data)
+    again = _study(tmp_path, tiny_bert, corpus, fake_senteval_sts)
     assert again.returncode == 0, again.stderr[-3000:]
     assert again.stdout.count("is finished already; not training again") == 3
 
     # the same OUT with another recipe is refused by name, before anything runs; the runs stay as they were
     before = (runs / "rr-seed1" / "metrics.jsonl").read_bytes()
-    changed = _study(tmp_path, tiny_bert, corpus, shared_data, LR="2e-3", RR_WEIGHT="0.5")
+    changed = _study(tmp_path, tiny_bert, corpus, fake_senteval_sts, LR="2e-3", RR_WEIGHT="0.5")
     assert changed.returncode == 2 and "LR" in changed.stderr and "RR_WEIGHT" in changed.stderr
     assert len(changed.stderr.strip().splitlines()) == 1
     assert (runs / "rr-seed1" / "metrics.jsonl").read_bytes() == before
 
 
 def test_a_run_killed_before_its_first_state_is_moved_out_of_the_runs_folder(tmp_path, tiny_bert, corpus,
-                                                                             shared_data):
-    half = tmp_path / "study" / "runs" / "baseline-seed1"
+                                                                             fake_senteval_sts):
+    # a MixCSE study (its folders carry the method's name), so one run also checks METHODS and its recipe
+    half = tmp_path / "study" / "runs" / "mixcse-baseline-seed1"
     half.mkdir(parents=True)
     (half / "metrics.jsonl").write_text('{"step": 0}\n')
-    proc = _study(tmp_path, tiny_bert, corpus, shared_data, VARIANTS="baseline", METHODS="simcse mixcse")
+    proc = _study(tmp_path, tiny_bert, corpus, fake_senteval_sts, VARIANTS="baseline", METHODS="mixcse")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert sorted(os.listdir(tmp_path / "study" / "runs")) == ["baseline-seed1", "mixcse-baseline-seed1"]
-    mix = json.loads((tmp_path / "study" / "runs" / "mixcse-baseline-seed1" / "summary.json").read_text())["args"]
+    assert os.listdir(tmp_path / "study" / "runs") == ["mixcse-baseline-seed1"]
+    mix = json.loads((half / "summary.json").read_text())["args"]
     # MixCSE's recipe (the MLP kept at evaluation), with the study's explicit LR and BATCH_SIZE over the recipe's
     assert mix["method"] == "mixcse" and mix["mlp_only_train"] is False
     assert mix["learning_rate"] == 1e-3 and mix["per_device_train_batch_size"] == 8
     aside = os.listdir(tmp_path / "study" / "interrupted")
-    assert len(aside) == 1 and aside[0].startswith("baseline-seed1-")
+    assert len(aside) == 1 and aside[0].startswith("mixcse-baseline-seed1-")
+    assert (tmp_path / "study" / "interrupted" / aside[0] / "metrics.jsonl").read_text() == '{"step": 0}\n'
 
 
 @pytest.mark.parametrize("overrides, message", [
@@ -81,10 +84,10 @@ def test_a_run_killed_before_its_first_state_is_moved_out_of_the_runs_folder(tmp
       "HTTPS_PROXY": "http://127.0.0.1:9", "no_proxy": "", "NO_PROXY": ""},
      "could not download the training text ("),
 ])
-def test_bad_settings_fail_with_one_line(tmp_path, tiny_bert, corpus, shared_data, overrides, message):
+def test_bad_settings_fail_with_one_line(tmp_path, tiny_bert, corpus, fake_senteval_sts, overrides, message):
     if overrides.get("TRAIN_FILE", "").startswith("data/") and (REPO / overrides["TRAIN_FILE"]).exists():
         pytest.skip("data/wiki1m_for_simcse.txt exists here: nothing to download")
-    proc = _study(tmp_path, tiny_bert, corpus, shared_data, **overrides)
+    proc = _study(tmp_path, tiny_bert, corpus, fake_senteval_sts, **overrides)
     assert proc.returncode == 2
     assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert not (tmp_path / "study" / "runs").exists()
