@@ -88,8 +88,8 @@ def test_malformed_data_names_file_and_line(tiny_bert, tmp_path):
 MINILM_AVG_TEST = {"STS12": 72.3678, "STS13": 80.6019, "STS14": 75.5912, "STS15": 85.3896, "STS16": 78.9881,
                    "STSBenchmark": 82.0349, "SICKRelatedness": 77.1481}
 # The suite scores the three smallest sets (4,065 of the 18,850 pairs; 75 s on a loaded 2-core machine against
-# 385 s for the seven under such load), through the functions evaluate.py calls: both file formats (a year's subsets,
-# STS-B's csv) are read.
+# 385 s for the seven under such load), through the functions evaluate.py calls: both file formats (a year's
+# subsets, STS-B's csv) are read.
 PINNED = ("STS13", "STS16", "STSBenchmark")
 
 
