@@ -26,7 +26,7 @@ import time
 
 import torch
 
-from utils.analysis import band, group_runs, group_stats, load_run, phase_analysis, phase_labels
+from utils.analysis import band, group_runs, group_stats, load_run, phase_analysis, phase_labels, weights_fingerprint
 from utils.cli import number
 from utils.data import DataError, check_output_path
 from utils.encode import EmbeddingCache, default_max_length, encode, parse_device, sentence_embedding_of
@@ -52,6 +52,10 @@ def parse_args(argv=None):
     p.add_argument("--probing_at", default="all", choices=["all", "boundaries"],
                    help="probing at every checkpoint, or only at each run's step 0, rank peak and best checkpoint "
                         "(what the phase changes need; 3 checkpoints a run)")
+    p.add_argument("--probing_limit", type=number(int, 1), default=None,
+                   help="at most this many examples of each probing split (train/dev/test; the files are shuffled, "
+                        "so a random sample): probing a checkpoint then costs a fraction of the full files, with "
+                        "noisier accuracies (default: all)")
     p.add_argument("--probe_split", default="dev", choices=["train", "dev", "test"],
                    help="STS-B split whose sentences are the probe set (train.py's --probe_split)")
     p.add_argument("--energy_tau", type=number(float, 0, inclusive=False), default=0.9, help="energy_rank's tau")
@@ -121,7 +125,7 @@ def main(argv=None):
         if args.probing_dir:
             from utils.probing import load_probing_tasks
 
-            probing_tasks = load_probing_tasks(args.probing_dir)
+            probing_tasks = load_probing_tasks(args.probing_dir, args.probing_limit)
     except DataError as err:
         fail(str(err))
     device = args.device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -129,11 +133,18 @@ def main(argv=None):
 
     transformers.utils.logging.disable_progress_bar()  # one progress bar: ours, over checkpoints
 
+    measured_once = {}  # (weights, embedding, what) -> row: the same weights read the same way are measured once
+    reused = []
+
     def measure(checkpoint, sts: bool, probing: bool, run_embedding: dict | None = None) -> dict:
         """Load one checkpoint, embed each sentence once, and compute what is asked for. `run_embedding`:
         the sentence_embedding the run's exports record, which the starting model is read with."""
         encoder, tokenizer = load_pretrained(checkpoint["path"], flag="--runs")
         spec = embedding_of(checkpoint, encoder.config, run_embedding)
+        key = (weights_fingerprint(checkpoint["path"]), json.dumps(spec, sort_keys=True), sts, probing)
+        if key in measured_once:
+            reused.append(checkpoint["path"])
+            return dict(measured_once[key])
         try:
             model = PooledEncoder(encoder, spec["pooler"], mask_token_id=tokenizer.mask_token_id).to(device)
         except ValueError as err:  # the mask pooler on a tokenizer without a mask token
@@ -157,6 +168,7 @@ def main(argv=None):
             result = run_tasks(probing_tasks, embed, CONFIGS["fasttest"], device=device, log=lambda *a: None)
             row.update({f"probing_{task}": acc for task, acc in result["scores"].items()})
             row["probing_avg"] = result["avg"]
+        measured_once[key] = dict(row)
         return row
 
     # ---- the sweep: every checkpoint of every run, one progress bar
@@ -224,11 +236,19 @@ def main(argv=None):
     group_results = [group_stats(g, results_by_run, args.phase_metric) for g in groups]
     findings, findings_by_method = judge_by_method(runs, groups, phases, args.phase_metric)
     notes = []
+    if reused:
+        notes.append(f"{len(reused)} measurement(s) of a checkpoint whose weights an earlier one already had "
+                     "(e.g. every run's step-0 export of the same starting model) reused that one's numbers")
     if probing_tasks is None:
         notes.append("no probing columns: no --probing_dir given")
     elif args.probing_at == "boundaries":
         notes.append("probing accuracies (SentEval's fasttest classifier setting) at each run's step 0, rank "
                      "peak and best checkpoint only (--probing_at all: every checkpoint)")
+    if probing_tasks is not None and args.probing_limit:
+        dropped = {name: t.dropped for name, t in probing_tasks.items() if t.dropped}
+        notes.append(f"probing on at most {args.probing_limit} examples per split (--probing_limit)"
+                     + (f"; dev/test examples of labels missing from that training sample left out: {dropped}"
+                        if dropped else ""))
     for run in runs:
         if run["status"] != "finished":
             notes.append(f"{run['name']}: {run['status']} (its checkpoints so far are analysed)")

@@ -58,6 +58,7 @@ LAUNCH=${LAUNCH:-$PYTHON}
 TRAIN_ARGS=${TRAIN_ARGS:-}             # more train.py flags for every run, e.g. "--unpad_inputs --rank_eval_steps 25"
 PROBING_DIR=${PROBING_DIR:-}           # SentEval probing files: probing accuracies in the analysis ...
 PROBING_AT=${PROBING_AT:-all}          # ... at every checkpoint, or `boundaries` (step 0, rank peak, best)
+PROBING_LIMIT=${PROBING_LIMIT:-}       # ... on at most N examples per split (analyze_rank.py --probing_limit)
 OUT=${OUT:-runs/study-$(basename "$MODEL")}
 
 for variant in $VARIANTS; do
@@ -190,7 +191,7 @@ for dir in "${run_dirs[@]}"; do
   if [ -f "$dir/metrics.jsonl" ]; then analysed+=("$dir"); fi
 done
 "$PYTHON" analyze_rank.py --runs "${analysed[@]}" --data_dir "$DATA_DIR" --out "$OUT/analysis" \
-  ${PROBING_DIR:+--probing_dir "$PROBING_DIR" --probing_at "$PROBING_AT"}
+  ${PROBING_DIR:+--probing_dir "$PROBING_DIR" --probing_at "$PROBING_AT"} ${PROBING_LIMIT:+--probing_limit "$PROBING_LIMIT"}
 echo "run.sh: report in $OUT/analysis/report.md"
 if [ ${#failed[@]} -gt 0 ]; then
   echo "run.sh: these runs failed (rerun run.sh to resume them): ${failed[*]}" >&2

@@ -10,7 +10,7 @@ import pytest
 from scipy.stats import kendalltau, spearmanr
 
 from utils.analysis import (band, best_index, config_key, correlation, group_runs, group_stats, list_checkpoints,
-                            load_run, mean_std, phase_analysis, phase_labels)
+                            load_run, mean_std, phase_analysis, phase_labels, weights_fingerprint)
 from utils.report import markdown, metric_columns, write_csv
 
 
@@ -209,6 +209,20 @@ def test_load_run_lists_exports_best_peak_and_the_starting_model(tmp_path):
     assert [(c["step"], c["source"]) for c in run["checkpoints"]] == [
         (0, "starting model"), (10, "checkpoints/step-000010"), (15, "peak"), (20, "checkpoints/step-000020")]
     assert run["checkpoints"][0]["path"] == "start-model" and run["checkpoints"][0]["pooler"] == "cls_before_pooler"
+
+
+def test_weights_fingerprint_is_the_weight_bytes_not_the_folder(tmp_path):
+    for name, weights in (("a", b"same"), ("b", b"same"), ("c", b"other")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "model.safetensors").write_bytes(weights)
+        (tmp_path / name / "config.json").write_text(name)  # not weights: does not count
+    a, b, c = (weights_fingerprint(str(tmp_path / n)) for n in "abc")
+    assert a == b != c
+    (tmp_path / "b" / "pytorch_model.bin").write_bytes(b"more")
+    assert weights_fingerprint(str(tmp_path / "b")) != a
+    (tmp_path / "empty").mkdir()
+    assert weights_fingerprint(str(tmp_path / "empty")) != weights_fingerprint(str(tmp_path / "a"))
+    assert weights_fingerprint("sentence-transformers/all-MiniLM-L6-v2") == "name:sentence-transformers/all-MiniLM-L6-v2"
 
 
 def test_unfinished_run_takes_its_args_from_a_checkpoint(tmp_path):

@@ -47,7 +47,8 @@ def study(tmp_path_factory, tiny_bert, corpus):
     out = root / "analysis"
     proc = subprocess.run([sys.executable, str(REPO / "analyze_rank.py"), "--runs", *map(str, runs),
                            "--data_dir", str(data), "--out", str(out), "--sts_test",
-                           "--probing_dir", str(write_fake_probing(root / "probing")), "--probing_at", "boundaries"],
+                           "--probing_dir", str(write_fake_probing(root / "probing")), "--probing_at", "boundaries",
+                           "--probing_limit", "30"],
                           capture_output=True, text=True, cwd=REPO, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     strict = lambda c: pytest.fail(f"summary.json holds {c}")  # noqa: E731
@@ -117,6 +118,18 @@ def test_probing_at_the_phase_boundaries_and_sts_test_at_the_best(study):
         assert all(0 <= float(r["probing_Tense"]) <= 100 for r in rows if r["probing_Tense"])
         best_row = next(r for r in rows if r["is_best"] == "1")
         assert run["sts_test"] == pytest.approx(float(best_row["sts_test_avg"]))
+
+
+def test_same_weights_are_measured_once_and_probing_is_limited(study):
+    # both seeds export the same starting weights at step 0: seed 2's sweep row and its step-0 probing reuse seed 1's
+    notes = study["summary"]["notes"]
+    assert any(n.startswith("2 measurement(s) of a checkpoint whose weights an earlier one already had") for n in notes)
+    assert "probing on at most 30 examples per split (--probing_limit)" in notes
+    first, second = (next(r for r in rows_of(study, name) if r["step"] == "0")
+                     for name in ("baseline-seed1", "baseline-seed2"))
+    measured = [c for c in first if c not in ("run", "seed", "group", "phase", "is_peak", "is_best", "checkpoint")]
+    assert {c: second[c] for c in measured} == {c: first[c] for c in measured}
+    assert first["checkpoint"] != second["checkpoint"]
 
 
 def test_one_group_over_both_seeds_and_the_report(study):

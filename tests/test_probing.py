@@ -29,6 +29,21 @@ def test_label_unseen_in_training_is_an_error(tmp_path):
         read_probing_task(path)
 
 
+def test_limit_keeps_the_first_examples_of_each_split_and_drops_unscorable_labels(tmp_path):
+    lines = [f"tr\t{label}\ttrain {i} ." for i, label in enumerate("AABBC")]
+    lines += [f"va\t{label}\tdev {i} ." for i, label in enumerate("ACAB")] + ["te\tC\ttest 0 .", "te\tB\ttest 1 ."]
+    path = write(tmp_path / "tree_depth.txt", lines)
+    with pytest.raises(DataError, match=r"tree_depth.txt: dev labels \['C'\] never occur"):
+        read_probing_task(write(tmp_path / "cut" / "tree_depth.txt", lines[:4] + lines[5:]))
+    task = read_probing_task(path, limit=3)  # train A A B: C is unseen, its dev/test rows cannot be scored
+    assert task.labels == ("A", "B")
+    assert task.splits["train"].a == ["train 0 .", "train 1 .", "train 2 ."]
+    assert task.splits["dev"].a == ["dev 0 .", "dev 2 ."] and task.splits["dev"].y.tolist() == [0, 0]
+    assert task.splits["test"].a == ["test 1 ."] and task.dropped == 2
+    whole = read_probing_task(path, limit=100)
+    assert [len(s) for s in whole.splits.values()] == [5, 4, 2] and whole.dropped == 0
+
+
 def test_malformed_line_names_file_and_line(tmp_path):
     path = write(tmp_path / "subj_number.txt", ["tr\tNN\tThe dog runs .", "train\tNNS\tDogs run ."])
     with pytest.raises(DataError, match=r"subj_number.txt: line 2: expected `tr\|va\|te<TAB>label<TAB>sentence`"):

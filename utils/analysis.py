@@ -9,6 +9,7 @@ A peak at the first checkpoint means no Phase 1, a peak at the last one no Phase
 checkpoint at or before the peak no Phase 2: each is said so, nothing is invented.
 """
 
+import hashlib
 import json
 import math
 import os
@@ -126,6 +127,27 @@ def list_checkpoints(run: dict, exports=None) -> list[dict]:
         run["notes"].append("no checkpoints/ exports (train.py --save_steps): only the starting, best and "
                             "peak checkpoints are swept")
     return [found[step] for step in sorted(found)]
+
+
+WEIGHT_FILES = (".safetensors", ".bin", ".pt")
+
+
+def weights_fingerprint(path: str) -> str:
+    """A digest of a checkpoint's weights: sha256 over its weight files (names and bytes), so checkpoints
+    that hold the same weights (every run's step-0 export of one starting model, a best/ copied from an
+    export) are measured once. A hub name, or a folder without weight files, is its own fingerprint."""
+    if not os.path.isdir(path):
+        return f"name:{path}"
+    files = sorted(f for f in os.listdir(path) if f.endswith(WEIGHT_FILES))
+    if not files:
+        return f"folder:{os.path.abspath(path)}"
+    digest = hashlib.sha256()
+    for name in files:
+        digest.update(name.encode() + b"\0")
+        with open(os.path.join(path, name), "rb") as f:
+            while chunk := f.read(1 << 22):
+                digest.update(chunk)
+    return digest.hexdigest()
 
 
 # ----------------------------------------------------------------------------- phases

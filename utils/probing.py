@@ -8,6 +8,12 @@ in tr is an error. Whichever of the ten files are present in the folder are run,
 `../shared/data/probing/` holds seven of the ten tasks rebuilt from other real text (its BUILD.md says
 how): fewer sentences, a different corpus and parser, so their numbers compare encoders with each other,
 never with published SentEval probing numbers.
+
+`limit` keeps the first N examples of each split (the files are shuffled within a split, so that is a
+random sample): a sweep over many checkpoints then costs a fraction of the full files (encoding all of
+../shared/data/probing, 104k sentences, dominates a checkpoint's cost). The accuracies get noisier (a
+1,000-example test split has a standard error of ~1.5 points at 50 %), and dev/test examples whose
+label the kept training examples never show are dropped (counted in `Task.dropped`).
 """
 
 import io
@@ -36,8 +42,8 @@ PROBING_HINT = ("SentEval's probing files come with SentEval (`data/probing/`, f
                 "`data/downstream/get_transfer_data.bash`); rebuilt ones are in ../shared/data/probing")
 
 
-def read_probing_task(path: str, name: str = None) -> Task:
-    """One probing file -> a `split` Task with splits train/dev/test."""
+def read_probing_task(path: str, name: str = None, limit: int | None = None) -> Task:
+    """One probing file -> a `split` Task with splits train/dev/test (the first `limit` of each, if set)."""
     name = name or os.path.basename(path)
     try:
         text = read_text(path)
@@ -54,21 +60,30 @@ def read_probing_task(path: str, name: str = None) -> Task:
         sentences, labels = rows[SPLITS[cols[0]]]
         labels.append(cols[1])
         sentences.append(" ".join(cols[-1].split()))
-    names = tuple(sorted(set(rows["train"][1])))
     for split, (sentences, labels) in rows.items():
         if not labels:
             raise DataError(f"{path}: no {split} examples (lines starting with {SPLIT_TAGS[split]})")
+    if limit is not None:
+        rows = {split: (sentences[:limit], labels[:limit]) for split, (sentences, labels) in rows.items()}
+    names = tuple(sorted(set(rows["train"][1])))
+    dropped = 0
+    for split, (sentences, labels) in list(rows.items()):
         unseen = sorted(set(labels) - set(names))
-        if unseen:
+        if unseen and limit is None:
             raise DataError(f"{path}: {split} labels {unseen[:5]} never occur in the training (tr) examples")
+        if unseen:  # a sample of the training split may miss rare labels: those examples cannot be scored
+            keep = [i for i, label in enumerate(labels) if label in names]
+            dropped += len(labels) - len(keep)
+            rows[split] = ([sentences[i] for i in keep], [labels[i] for i in keep])
     index = {label: i for i, label in enumerate(names)}
     splits = {split: Split(sentences, np.array([index[label] for label in labels], dtype=np.int64))
               for split, (sentences, labels) in rows.items()}
-    return Task(name, "split", names, splits)
+    return Task(name, "split", names, splits, dropped)
 
 
-def load_probing_tasks(probing_dir) -> dict:
-    """{task name: Task} for every SentEval probing file found in `probing_dir` (at least one)."""
+def load_probing_tasks(probing_dir, limit: int | None = None) -> dict:
+    """{task name: Task} for every SentEval probing file found in `probing_dir` (at least one); `limit`: at
+    most that many examples of each split (see the module's docstring)."""
     if not os.path.isdir(probing_dir):
         raise DataError(f"--probing_dir {probing_dir}: no such folder\n{PROBING_HINT}")
     found = {name: os.path.join(probing_dir, file) for name, file in PROBING_TASKS.items()
@@ -76,4 +91,4 @@ def load_probing_tasks(probing_dir) -> dict:
     if not found:
         raise DataError(f"--probing_dir {probing_dir}: none of SentEval's probing files is there "
                         f"({', '.join(PROBING_TASKS.values())})\n{PROBING_HINT}")
-    return {name: read_probing_task(path, name) for name, path in found.items()}
+    return {name: read_probing_task(path, name, limit) for name, path in found.items()}

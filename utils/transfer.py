@@ -57,12 +57,14 @@ class Task:
     """A classification task on frozen sentence embeddings.
 
     `protocol` says which splits exist: "inner_kfold" {"all"}, "kfold" {"train", "test"}, "split"
-    {"train", "dev", "test"}. `labels[i]` names class i.
+    {"train", "dev", "test"}. `labels[i]` names class i. `dropped`: examples left out as unscorable (a
+    probing task read with a `limit`, utils/probing.py).
     """
     name: str
     protocol: str
     labels: tuple
     splits: dict = field(default_factory=dict)
+    dropped: int = 0
 
     @property
     def sentences(self) -> list:
