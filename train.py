@@ -139,8 +139,7 @@ def parse_args(argv=None):
                    help="RR weight lambda: loss = InfoNCE + lambda * VNE(batch embeddings); 0 = off")
     p.add_argument("--rr_on", default=None, choices=["mlp", "encoder"],
                    help="RR on the training embedding (after the training head) or on the encoder's pooled output "
-                        "(PromptBERT: the denoised [MASK] state); None: the method's default (InfoCSE: encoder, "
-                        "the others: mlp)")
+                        "(PromptBERT: the denoised [MASK] state); None: the method's default (mlp for all five)")
     p.add_argument("--rr_solver", default="eigh", choices=RR_SOLVERS,
                    help="how the VNE and its gradient are computed: eigh (an eigendecomposition; the faster one on "
                         "a CPU) or quadrature (matrix products and batched inverses only, no eigendecomposition: "

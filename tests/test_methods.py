@@ -59,8 +59,8 @@ def test_each_method_gets_its_published_defaults_and_rr_tensor():
     assert mix.mix_lambda == 0.2 and (esim.dup_rate, esim.momentum, esim.queue_size) == (0.32, 0.995, 160)
     assert (info.mlm_probability, info.mlm_weight, info.head_layers) == (0.4, 1e-5, 2)
     assert prompt.prompt_denoise is True
-    assert info.rr_on == "encoder" and mix.rr_on == esim.rr_on == prompt.rr_on == "mlp"
-    assert _args("infocse", "--rr_on", "mlp").rr_on == "mlp"
+    assert info.rr_on == mix.rr_on == esim.rr_on == prompt.rr_on == "mlp"
+    assert _args("infocse", "--rr_on", "encoder").rr_on == "encoder"
     assert _args("simcse").dup_rate is None  # another method's flag stays unset
 
 
