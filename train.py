@@ -155,6 +155,10 @@ def parse_args(argv=None):
     p.add_argument("--rr_patience", type=number(int, 1), default=2,
                    help="plateau, target: evaluations (every --eval_steps) without a new best STS-B dev before "
                         "lambda decays (plateau) or is steered (target)")
+    p.add_argument("--rr_watch", default="eval", choices=["eval", "every"],
+                   help="plateau, target: which STS-B dev scores count towards --rr_patience: the evaluations every "
+                        "--eval_steps (eval), or also the rank evaluations' (every; dense early in training, where "
+                        "RR's best comes)")
     p.add_argument("--rr_gain", type=number(float, 0, inclusive=False), default=0.2,
                    help="target: lambda += gain * rank_reduction * (batch VNE - its value at the best evaluation) "
                         "per step, in [0, 2 * rank_reduction]")
@@ -522,9 +526,10 @@ def train(argv=None):
         if full and metrics["stsb_dev"] > state.best_score:
             state.best_step, state.best_metrics = state.step, {k: metrics[k] for k in ("stsb_dev", "sickr_dev")}
             save_best(metrics)
-        if full and rr_schedule.on_eval(state.step, metrics["stsb_dev"]):
+        if (full or args.rr_watch == "every") and rr_schedule.on_eval(state.step, metrics.get("stsb_dev")):
+            then = "is steered by the batch VNE" if args.rr_schedule == "target" else "decays to 0"
             accelerator.print(f"\nRR schedule: STS-B dev has not improved for {args.rr_patience} evaluations; "
-                              f"lambda decays to 0 from step {state.step}")
+                              f"lambda {then} from step {state.step}")
         return metrics
 
     accelerator.print(

@@ -29,6 +29,13 @@ def test_evaluation_cadence_is_a_training_flag_where_training_reads_the_evaluati
     assert compare_args(plateau, {**plateau, "eval_steps": 5})[0] == {"eval_steps": (125, 5)}
     peak = {**ARGS, "rr_start": "peak"}
     assert compare_args(peak, {**peak, "rank_eval_steps": 5})[0] == {"rank_eval_steps": (10, 5)}
+    # the rank evaluations' STS-B dev drives the schedule only with --rr_watch every
+    assert compare_args(plateau, {**plateau, "rank_eval_steps": 5})[0] == {}
+    dense = {**plateau, "rr_watch": "every", "rank_eval_until": 60}
+    assert compare_args(dense, {**dense, "rank_eval_steps": 5, "rank_eval_until": 9})[0] == {
+        "rank_eval_steps": (10, 5), "rank_eval_until": (60, 9)}
+    constant = {**dense, "rr_schedule": "constant"}  # nothing reads STS-B dev
+    assert compare_args(constant, {**constant, "rank_eval_steps": 5, "eval_steps": 5})[0] == {}
 
 
 def _state(folder, run_id=None, step=2):

@@ -591,3 +591,22 @@ def test_rr_target_schedule_steers_lambda_after_the_stall(tmp_path, tiny_bert, c
     assert stalled is not None  # the toy model's STS-B dev stalls within 12 steps (seed 7, deterministic on CPU)
     assert {r["rr_weight"] for r in trains if r["step"] <= stalled} == {0.5}
     assert len({r["rr_weight"] for r in trains if r["step"] > stalled + 1}) > 1
+
+
+def test_rr_watch_every_lets_the_rank_evaluations_end_the_plateau(tmp_path, tiny_bert, corpus, fake_senteval):
+    out = tmp_path / "out"
+    proc = run(train_cmd(tiny_bert, corpus, fake_senteval, out, "--max_train_steps", "12", "--eval_steps", "100",
+                         "--rank_eval_steps", "1", "--rank_eval_until", "12", "--logging_steps", "1",
+                         "--rank-reduction", "0.5", "--rr_schedule", "plateau", "--rr_patience", "1",
+                         "--rr_watch", "every"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    stalled = json.load(open(out / "summary.json"))["rank_reduction"]["schedule_state"]["decay_from"]
+    assert stalled is not None and 0 < stalled < 12  # a rank evaluation's score: no full evaluation in between
+    dev = {r["step"]: r["stsb_dev"] for r in records(out) if r["event"] == "rank"}
+    assert dev[stalled] <= max(v for step, v in dev.items() if step < stalled)  # the first non-improving score
+    assert all(dev[step] > max([v for k, v in dev.items() if 0 < k < step], default=-1e9)
+               for step in dev if 0 < step < stalled)
+    trains = [r for r in records(out) if r["event"] == "train"]
+    assert {r["rr_weight"] for r in trains if r["step"] <= stalled} == {0.5}
+    assert {r["rr_weight"] for r in trains if r["step"] > stalled} == {0.0}  # plateau, no decay steps: off at once
+

@@ -9,7 +9,8 @@ follows it down (the late collapse). A schedule keeps RR's early push and takes 
 - plateau: λ until STS-B dev (the in-training evaluation every --eval_steps, the one that picks best/)
   has not improved for `patience` evaluations in a row, then decays linearly to 0 over `decay_steps`
   (0: off at once). The dev set already decides which checkpoint is kept; here it also decides when RR
-  has done its job, as ReduceLROnPlateau does for a learning rate.
+  has done its job, as ReduceLROnPlateau does for a learning rate. With train.py --rr_watch every, the
+  STS-B dev of every rank evaluation counts too (dense early in training, where RR's best comes).
 - target: as plateau until STS-B dev stalls, then λ is steered so that the batch VNE (the quantity RR
   penalises, an exponential moving average of it) stays where it was at the best evaluation: each step
   λ += gain · λ₀ · (VNE − target), kept in [0, 2 λ₀]. Switching RR off lets the rank climb back and, on

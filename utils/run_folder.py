@@ -24,12 +24,17 @@ RESUME_MAY_CHANGE = {
     "rank_eval_until", "save_steps", "save_steps_until", "checkpointing_steps", "checkpoints_total_limit",
     "save_peak_checkpoint", "report_to", "probe_split", "energy_tau", "phase_patience", "phase_margin",
 }
-# ... unless training reads the evaluations: the plateau and target schedules read STS-B dev, --rr_start peak the
-# declared rank peak, so then their cadence and detector settings are training arguments too.
-PEAK = ("rr_start", ("peak",))
-EVAL_DRIVES_TRAINING = {"eval_steps": ("rr_schedule", ("plateau", "target")), "rank_eval_steps": PEAK,
-                        "rank_eval_until": PEAK, "phase_patience": PEAK, "phase_margin": PEAK, "phase_metric": PEAK,
-                        "probe_split": PEAK, "energy_tau": PEAK}
+# ... unless training reads the evaluations: the plateau and target schedules read STS-B dev (with --rr_watch
+# every, the rank evaluations' too), --rr_start peak the declared rank peak, so then their cadence and detector
+# settings are training arguments too. Each flag: the settings under which training reads it (any one of them,
+# every flag of it matching).
+READS_DEV = {"rr_schedule": ("plateau", "target")}
+READS_DENSE_DEV = {**READS_DEV, "rr_watch": ("every",)}
+PEAK = {"rr_start": ("peak",)}
+EVAL_DRIVES_TRAINING = {"eval_steps": (READS_DEV,), "rank_eval_steps": (PEAK, READS_DENSE_DEV),
+                        "rank_eval_until": (PEAK, READS_DENSE_DEV), "probe_split": (PEAK, READS_DENSE_DEV),
+                        "phase_patience": (PEAK,), "phase_margin": (PEAK,), "phase_metric": (PEAK,),
+                        "energy_tau": (PEAK,)}
 
 
 class RunFolderError(ValueError):
@@ -105,8 +110,8 @@ def compare_args(saved: dict, current: dict) -> tuple[dict, dict]:
         old, new = saved.get(key), current.get(key)
         if old == new:
             continue
-        driven = EVAL_DRIVES_TRAINING.get(key)
-        reads_it = driven is not None and current.get(driven[0]) in driven[1]
+        reads_it = any(all(current.get(flag) in values for flag, values in when.items())
+                       for when in EVAL_DRIVES_TRAINING.get(key, ()))
         longer = key == "max_train_steps" and old is not None and new is not None and new > old
         (allowed if (key in RESUME_MAY_CHANGE and not reads_it) or longer else refused)[key] = (old, new)
     return refused, allowed
