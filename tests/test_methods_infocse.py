@@ -266,15 +266,29 @@ def test_mlm_loss_without_masked_positions_is_zero_and_differentiable(tiny_bert)
 
 
 def test_unpadded_training_step_matches_the_padded_one(still_bert):
+    # the encoder, the frozen lower layers and the head layers all skip the padding: same loss, same gradients
     model, method, tokenizer = _method(still_bert, mlm_weight=1.0)
     inputs = method.views(_batch(tokenizer), step=0)
-    padded = method(model, inputs, 0.05)
+    assert inputs["attention_mask"].min() == 0  # the batch has padding to skip
+    params = [p for p in [*model.parameters(), *method.parameters()] if p.requires_grad]
+
+    def loss_and_grads():
+        for p in params:
+            p.grad = None
+        loss = method(model, inputs, 0.05).loss
+        loss.backward()
+        return loss.item(), [p.grad.clone() if p.grad is not None else None for p in params]
+
+    padded, padded_grads = loss_and_grads()
     model.unpad = True
-    unpadded = method(model, inputs, 0.05)
-    assert math.isfinite(unpadded.loss.item())
-    assert unpadded.loss.item() == pytest.approx(padded.loss.item(), rel=1e-5)
-    unpadded.loss.backward()
-    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    unpadded, unpadded_grads = loss_and_grads()
+    assert math.isfinite(unpadded) and unpadded == pytest.approx(padded, rel=1e-5)
+    head = {id(p) for p in [*method.c_head.parameters(), *method.lm_head.parameters()]}
+    assert any(g is not None and id(p) in head for p, g in zip(params, unpadded_grads))
+    for g, h in zip(padded_grads, unpadded_grads):
+        assert (g is None) == (h is None)
+        if g is not None:
+            torch.testing.assert_close(h, g, rtol=1e-4, atol=1e-6)
 
 
 def test_unpadded_training_step_with_dropout_runs(tiny_bert):

@@ -57,6 +57,26 @@ def _layer(layer, x, rows, batch: int, seq: int, key_mask):
     return layer.output(layer.intermediate(hidden), hidden)
 
 
+def unpadded_layers(layers, hidden: torch.Tensor, attention_mask: torch.Tensor, output_hidden_states: bool = False):
+    """(B, S, H) states through BERT-style `layers` with their token-wise parts on the real tokens only ->
+    ((B, S, H) last states, zeros at the padding; the input and every layer's states when asked, else None).
+    Besides the encoder's own stack, InfoCSE's frozen lower layers and head layers run through this."""
+    batch, seq, width = hidden.shape
+    rows = attention_mask.reshape(-1).nonzero().squeeze(1)
+    key_mask = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, S): True = attend
+    x = hidden.reshape(batch * seq, width).index_select(0, rows)
+
+    def unpack(t):  # (T, H) -> (B, S, H), zeros at the padding
+        return t.new_zeros(batch * seq, t.shape[-1]).index_copy(0, rows, t).view(batch, seq, -1)
+
+    states = [x] if output_hidden_states else None
+    for layer in layers:
+        x = _layer(layer, x, rows, batch, seq, key_mask)
+        if states is not None:
+            states.append(x)
+    return unpack(x), (tuple(unpack(t) for t in states) if states is not None else None)
+
+
 def unpadded_forward(encoder, input_ids, attention_mask, token_type_ids=None, output_hidden_states: bool = False,
                      **_ignored) -> BaseModelOutputWithPooling:
     """The encoder's forward with its token-wise layers on real tokens only; a transformers output object
@@ -66,22 +86,8 @@ def unpadded_forward(encoder, input_ids, attention_mask, token_type_ids=None, ou
         if reason is not None:
             raise ValueError(f"--unpad_inputs cannot run this model: {reason}")
         encoder._unpad_checked = True
-    batch, seq = input_ids.shape
     embedded = encoder.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)
-    rows = attention_mask.reshape(-1).nonzero().squeeze(1)
-    key_mask = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, S): True = attend
-    x = embedded.reshape(batch * seq, -1).index_select(0, rows)
-
-    def unpack(t):  # (T, H) -> (B, S, H), zeros at the padding
-        return t.new_zeros(batch * seq, t.shape[-1]).index_copy(0, rows, t).view(batch, seq, -1)
-
-    states = [x] if output_hidden_states else None
-    for layer in encoder.encoder.layer:
-        x = _layer(layer, x, rows, batch, seq, key_mask)
-        if states is not None:
-            states.append(x)
-    last = unpack(x)
+    last, states = unpadded_layers(encoder.encoder.layer, embedded, attention_mask, output_hidden_states)
     pooler = getattr(encoder, "pooler", None)
     return BaseModelOutputWithPooling(
-        last_hidden_state=last, pooler_output=pooler(last) if pooler is not None else None,
-        hidden_states=tuple(unpack(s) for s in states) if states is not None else None)
+        last_hidden_state=last, pooler_output=pooler(last) if pooler is not None else None, hidden_states=states)

@@ -39,6 +39,7 @@ from torch import nn
 
 from utils.loss import contrastive_loss
 from utils.methods.base import Method, Output
+from utils.unpad import unpadded_layers
 
 IGNORE = -100  # the label of a position the MLM does not score (cross_entropy's ignore_index)
 
@@ -103,8 +104,11 @@ def layer_attention_mask(layer: nn.Module, config, hidden: torch.Tensor, attenti
     return padding * torch.finfo(hidden.dtype).min
 
 
-def run_layers(layers, hidden: torch.Tensor, attention_mask: torch.Tensor, config) -> torch.Tensor:
-    """(B, L, H) states through encoder layers, padding keys masked out -> (B, L, H)."""
+def run_layers(layers, hidden: torch.Tensor, attention_mask: torch.Tensor, config, unpad: bool = False) -> torch.Tensor:
+    """(B, L, H) states through encoder layers, padding keys masked out -> (B, L, H). unpad (train.py
+    --unpad_inputs): their token-wise parts on the real tokens only, as the encoder's own (utils/unpad.py)."""
+    if unpad:
+        return unpadded_layers(layers, hidden, attention_mask)[0]
     mask = layer_attention_mask(layers[0], config, hidden, attention_mask)
     for layer in layers:
         out = layer(hidden, mask)
@@ -129,9 +133,9 @@ class FrozenLowerEncoder(nn.Module):
         return self.embeddings.word_embeddings.weight
 
     @torch.no_grad()
-    def forward(self, input_ids, attention_mask, token_type_ids=None) -> torch.Tensor:
+    def forward(self, input_ids, attention_mask, token_type_ids=None, unpad: bool = False) -> torch.Tensor:
         hidden = self.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)
-        return run_layers(self.layer, hidden, attention_mask, self.config)
+        return run_layers(self.layer, hidden, attention_mask, self.config, unpad)
 
 
 def mask_tokens(input_ids: torch.Tensor, attention_mask: torch.Tensor, special_ids: torch.Tensor, mask_id: int,
@@ -246,11 +250,14 @@ class InfoCSE(Method):
             self.mlm_probability, self.generator(step))
         return inputs
 
-    def mlm_loss(self, pooled, mlm_input_ids, mlm_labels, attention_mask, token_type_ids=None) -> torch.Tensor:
-        """Mean cross-entropy at the masked positions; pooled (2B, H) is the only input with a gradient."""
-        states = self.frozen(mlm_input_ids, attention_mask, token_type_ids)  # (2B, L, H), no graph
+    def mlm_loss(self, pooled, mlm_input_ids, mlm_labels, attention_mask, token_type_ids=None,
+                 unpad: bool = False) -> torch.Tensor:
+        """Mean cross-entropy at the masked positions; pooled (2B, H) is the only input with a gradient.
+        unpad: the frozen layers and the head layers skip the padding, as the encoder does under
+        --unpad_inputs (else they, not the encoder, would be most of an unpadded step)."""
+        states = self.frozen(mlm_input_ids, attention_mask, token_type_ids, unpad)  # (2B, L, H), no graph
         hidden = torch.cat([pooled[:, None].to(states.dtype), states[:, 1:]], dim=1)
-        hidden = run_layers(self.c_head, hidden, attention_mask, self.config)
+        hidden = run_layers(self.c_head, hidden, attention_mask, self.config, unpad)
         scored = mlm_labels != IGNORE
         # the vocabulary projection on the masked positions only: the same loss, most of the work saved
         logits = self.lm_head(hidden[scored], self.frozen.word_embeddings)
@@ -263,5 +270,5 @@ class InfoCSE(Method):
         z, pooled = model(**encoder_inputs, return_pooled=True)
         z1, z2 = z.chunk(2)
         mlm = self.mlm_loss(pooled, inputs["mlm_input_ids"], inputs["mlm_labels"], inputs["attention_mask"],
-                            inputs.get("token_type_ids"))
+                            inputs.get("token_type_ids"), unpad=model.unpad)
         return Output(contrastive_loss(z1, z2, temp) + self.mlm_weight * mlm, z, pooled)
