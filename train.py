@@ -151,7 +151,8 @@ def parse_args(argv=None):
                         "--rr_decay_steps; plateau: constant until STS-B dev stops improving, then off")
     p.add_argument("--rr_decay_steps", type=number(int, 0), default=None,
                    help="linear/cosine: steps from RR's start to lambda = 0 (None: to the last step); "
-                        "plateau: steps of the linear decay once STS-B dev stalls (None or 0: off at once)")
+                        "plateau: steps of the linear decay once STS-B dev stalls (None or 0: off at once); with "
+                        "--rr_anneal_lr also the learning rate's decay (plateau or target)")
     p.add_argument("--rr_patience", type=number(int, 1), default=2,
                    help="plateau, target: evaluations (every --eval_steps) without a new best STS-B dev before "
                         "lambda decays (plateau) or is steered (target)")
@@ -162,6 +163,10 @@ def parse_args(argv=None):
     p.add_argument("--rr_gain", type=number(float, 0, inclusive=False), default=0.2,
                    help="target: lambda += gain * rank_reduction * (batch VNE - its value at the best evaluation) "
                         "per step, in [0, 2 * rank_reduction]")
+    p.add_argument("--rr_anneal_lr", action="store_true",
+                   help="plateau, target: once STS-B dev stalls, the learning rate also decays linearly to 0 over "
+                        "--rr_decay_steps (0 or None: at once), so the model stays at RR's early best instead of "
+                        "training on past it; the later steps no longer change the weights")
     p.add_argument("--report_to", default="none", choices=["none", "tensorboard", "wandb", "all"],
                    help="also send the records to these trackers (accelerate; logs under OUTPUT_DIR)")
     owner = {}  # each method's own flags: default None here, so that a flag given for another method is seen
@@ -192,6 +197,10 @@ def parse_args(argv=None):
         p.error(f"argument --energy_tau: must be <= 1, got {args.energy_tau}")
     if args.phase_margin >= 1:
         p.error(f"argument --phase_margin: must be < 1, got {args.phase_margin}")
+    if args.rr_anneal_lr and (args.rr_schedule not in ("plateau", "target") or args.rank_reduction <= 0):
+        p.error(f"argument --rr_anneal_lr: needs --rank_reduction > 0 and --rr_schedule plateau or target (the "
+                f"schedules that detect the stall), got --rank_reduction {args.rank_reduction} --rr_schedule "
+                f"{args.rr_schedule}")
     if args.mlp_only_train and args.pooler_type != "cls":
         args.mlp_only_train = False  # only `cls` has an MLP: the flag means nothing for other poolers
     return args
@@ -425,7 +434,7 @@ def train(argv=None):
     state = TrainState()
     detector = PeakDetector(args.phase_patience, args.phase_margin)
     rr_schedule = RRSchedule(args.rank_reduction, args.rr_schedule, total_steps, args.rr_decay_steps, args.rr_patience,
-                             args.rr_gain)
+                             args.rr_gain, args.rr_anneal_lr)
     accelerator.register_for_checkpointing(scheduler, state, detector, rr_schedule)
     peak_checkpoint = PeakCheckpoint(args.output_dir, keep=detector.window // 2 + 1) if args.save_peak_checkpoint else None
 
@@ -528,6 +537,8 @@ def train(argv=None):
             save_best(metrics)
         if (full or args.rr_watch == "every") and rr_schedule.on_eval(state.step, metrics.get("stsb_dev")):
             then = "is steered by the batch VNE" if args.rr_schedule == "target" else "decays to 0"
+            if args.rr_anneal_lr:
+                then += " and the learning rate decays to 0"
             accelerator.print(f"\nRR schedule: STS-B dev has not improved for {args.rr_patience} evaluations; "
                               f"lambda {then} from step {state.step}")
         return metrics
@@ -553,6 +564,9 @@ def train(argv=None):
     while state.step < total_steps:
         step_start = time.perf_counter()
         rr_weight = rr_schedule.weight(state.step, active=args.rr_start == "0" or detector.declared)
+        if args.rr_anneal_lr:  # from the scheduler's own value each step, so a resumed run does not compound it
+            for group, lr in zip(optimizer.param_groups, scheduler.get_last_lr()):
+                group["lr"] = lr * rr_schedule.lr_factor(state.step)
         terms, finite = train_step(model, optimizer, scheduler, accelerator, method.views(batches(state.step), state.step),
                                    args.temp,
                                    rr_weight, args.rr_on, args.max_grad_norm, measure_vne=rr_schedule.reads_vne,
@@ -580,7 +594,8 @@ def train(argv=None):
                       "rr_weight_mean": mean_weight,
                       "rr_share": mean_weight * vne_value / loss_value if loss_value else None}
             record({"event": "train", "phase": detector.phase, "loss": loss_value, **rr, "grad_norm": grad_norm,
-                    "lr": scheduler.get_last_lr()[0], "elapsed_s": round(state.train_seconds, 3),
+                    "lr": scheduler.get_last_lr()[0] * rr_schedule.lr_factor(state.step),
+                    "elapsed_s": round(state.train_seconds, 3),
                     "sentences_per_s": round(state.window_steps * batches.global_batch_size / seconds, 1)})
             progress.set_postfix(loss=f"{loss_value:.4f}")
             window.zero_()

@@ -66,7 +66,32 @@ def test_state_dict_resumes_the_same_sequence():
     assert 0 in full[20:] and max(full) == 0.5  # the plateau was reached and the decay ran
 
 
-@pytest.mark.parametrize("kwargs", [dict(kind="step"), dict(weight=-1.0), dict(patience=0), dict(decay_steps=-1)])
+@pytest.mark.parametrize("kind", ["plateau", "target"])
+def test_anneal_lr_decays_the_learning_rate_linearly_from_the_stall(kind):
+    s = RRSchedule(1.0, kind, 100, decay_steps=4, patience=1, anneal_lr=True)
+    plain = RRSchedule(1.0, kind, 100, decay_steps=4, patience=1)
+    for schedule in (s, plain):
+        schedule.weight(0)
+        schedule.on_eval(10, 80.0)
+    assert [s.lr_factor(step) for step in (0, 10, 19)] == [1.0, 1.0, 1.0]  # before the stall: the LR schedule's own
+    assert s.on_eval(20, 79.0) and plain.on_eval(20, 79.0)
+    assert [s.lr_factor(step) for step in range(20, 26)] == [1.0, 0.75, 0.5, 0.25, 0.0, 0.0]
+    assert {plain.lr_factor(step) for step in range(0, 30)} == {1.0}  # without anneal_lr the LR is never touched
+    resumed = RRSchedule(1.0, kind, 100, decay_steps=4, patience=1, anneal_lr=True)
+    resumed.load_state_dict(s.state_dict())
+    assert [resumed.lr_factor(step) for step in range(20, 26)] == [1.0, 0.75, 0.5, 0.25, 0.0, 0.0]
+
+
+def test_anneal_lr_with_no_decay_steps_stops_the_updates_at_the_stall():
+    s = RRSchedule(1.0, "plateau", 100, patience=1, anneal_lr=True)
+    s.weight(0)
+    s.on_eval(5, 80.0)
+    assert s.on_eval(10, 80.0)  # equal is not better
+    assert s.lr_factor(10) == 0.0 and s.lr_factor(11) == 0.0
+
+
+@pytest.mark.parametrize("kwargs", [dict(kind="step"), dict(weight=-1.0), dict(patience=0), dict(decay_steps=-1),
+                                    dict(anneal_lr=True), dict(kind="linear", anneal_lr=True)])
 def test_bad_arguments_are_refused(kwargs):
     args = dict(weight=0.1, kind="constant", total_steps=10) | kwargs
     with pytest.raises(ValueError):

@@ -610,3 +610,29 @@ def test_rr_watch_every_lets_the_rank_evaluations_end_the_plateau(tmp_path, tiny
     assert {r["rr_weight"] for r in trains if r["step"] <= stalled} == {0.5}
     assert {r["rr_weight"] for r in trains if r["step"] > stalled} == {0.0}  # plateau, no decay steps: off at once
 
+
+
+def test_rr_anneal_lr_stops_the_updates_after_the_stall(tmp_path, tiny_bert, corpus, fake_senteval):
+    out = tmp_path / "out"
+    proc = run(train_cmd(tiny_bert, corpus, fake_senteval, out, "--max_train_steps", "12", "--eval_steps", "100",
+                         "--rank_eval_steps", "1", "--rank_eval_until", "12", "--logging_steps", "1",
+                         "--rank-reduction", "0.5", "--rr_schedule", "plateau", "--rr_patience", "1",
+                         "--rr_watch", "every", "--rr_anneal_lr", "--rr_decay_steps", "2"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "and the learning rate decays to 0" in proc.stdout + proc.stderr
+    stalled = json.load(open(out / "summary.json"))["rank_reduction"]["schedule_state"]["decay_from"]
+    assert stalled is not None and stalled <= 8  # the same toy run as above stalls early (seed 7)
+    trains = {r["step"]: r for r in records(out) if r["event"] == "train"}
+    # the logged lr is the next step's: the linear LR schedule's value until the stall, then half, then 0
+    assert all(trains[step]["lr"] > 0 for step in trains if step <= stalled)
+    assert trains[stalled + 1]["lr"] == pytest.approx(0.5 * 1e-3 * (1 - (stalled + 1) / 12))
+    assert {trains[step]["lr"] for step in trains if step >= stalled + 2} == {0.0}
+    # with lr 0 the weights no longer move: every later evaluation scores the same model
+    dev = {r["step"]: r["stsb_dev"] for r in records(out) if r["event"] in ("rank", "eval")}
+    assert len({dev[step] for step in dev if step >= stalled + 2}) == 1
+    assert len({dev[step] for step in dev if step <= stalled}) > 1
+
+
+def test_rr_anneal_lr_needs_a_stall_detecting_schedule(tmp_path, tiny_bert, corpus, fake_senteval):
+    err = bad_run(tmp_path, tiny_bert, corpus, fake_senteval, "--rank-reduction", "0.1", "--rr_anneal_lr")
+    assert "--rr_anneal_lr" in err and "--rr_schedule plateau or target" in err
