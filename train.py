@@ -51,7 +51,7 @@ from utils.model import ModelLoadError, SimCSEModel, load_pretrained
 from utils.phase import PeakCheckpoint, PeakDetector, describe_peak, offline_peak
 from utils.pooling import SIMCSE_POOLERS
 from utils.rank import RANK_METRICS, RR_SOLVERS, probe_metrics, stsb_probe, vne_penalty
-from utils.rr_schedule import SCHEDULES, RRSchedule
+from utils.rr_schedule import SCHEDULES, STALL_SCHEDULES, RRSchedule
 from utils.run_folder import (FolderLock, RunFolderError, check_state, compare_args, mark_state, new_run, read_run,
                               resumable_states)
 from utils.run_log import MetricsLog, versions, write_json_atomic
@@ -197,7 +197,7 @@ def parse_args(argv=None):
         p.error(f"argument --energy_tau: must be <= 1, got {args.energy_tau}")
     if args.phase_margin >= 1:
         p.error(f"argument --phase_margin: must be < 1, got {args.phase_margin}")
-    if args.rr_anneal_lr and (args.rr_schedule not in ("plateau", "target") or args.rank_reduction <= 0):
+    if args.rr_anneal_lr and (args.rr_schedule not in STALL_SCHEDULES or args.rank_reduction <= 0):
         p.error(f"argument --rr_anneal_lr: needs --rank_reduction > 0 and --rr_schedule plateau or target (the "
                 f"schedules that detect the stall), got --rank_reduction {args.rank_reduction} --rr_schedule "
                 f"{args.rr_schedule}")

@@ -29,6 +29,7 @@ step. All state is in `state_dict`, so a resumed run continues the same λ seque
 import math
 
 SCHEDULES = ("constant", "linear", "cosine", "plateau", "target")
+STALL_SCHEDULES = ("plateau", "target")  # the ones that read STS-B dev and detect its stall
 EMA = 0.9  # target: the moving average of the batch VNE, over ~10 steps (one batch's VNE is noisy)
 
 
@@ -39,7 +40,7 @@ class RRSchedule:
             raise ValueError(f"unknown RR schedule {kind!r}; choose one of {', '.join(SCHEDULES)}")
         if weight < 0 or total_steps < 1 or patience < 1 or (decay_steps is not None and decay_steps < 0):
             raise ValueError("weight must be >= 0, total_steps and patience >= 1, decay_steps >= 0")
-        if anneal_lr and kind not in ("plateau", "target"):
+        if anneal_lr and kind not in STALL_SCHEDULES:
             raise ValueError(f"anneal_lr needs a schedule that detects the stall (plateau or target), not {kind!r}")
         self.base, self.kind, self.total_steps = weight, kind, total_steps
         self.decay_steps, self.patience, self.gain, self.anneal_lr = decay_steps, patience, gain, anneal_lr
@@ -97,7 +98,7 @@ class RRSchedule:
         """Feed the STS-B dev score of the evaluation after `step` steps; True when this evaluation is the
         stall that starts the plateau schedule's decay or the target schedule's controller. Evaluations
         before RR has started do not count."""
-        if self.kind not in ("plateau", "target") or self.decay_from is not None or self.start_step is None:
+        if self.kind not in STALL_SCHEDULES or self.decay_from is not None or self.start_step is None:
             return False
         if score is not None and math.isfinite(score) and score > self.best:
             self.best, self.evals_since_best, self.target = score, 0, self.vne_ema

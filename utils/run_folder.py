@@ -15,6 +15,8 @@ import json
 import os
 import uuid
 
+from utils.rr_schedule import STALL_SCHEDULES
+
 RUN_FILE = "run.json"
 LOCK_FILE = ".lock"
 
@@ -28,7 +30,7 @@ RESUME_MAY_CHANGE = {
 # every, the rank evaluations' too), --rr_start peak the declared rank peak, so then their cadence and detector
 # settings are training arguments too. Each flag: the settings under which training reads it (any one of them,
 # every flag of it matching).
-READS_DEV = {"rr_schedule": ("plateau", "target")}
+READS_DEV = {"rr_schedule": STALL_SCHEDULES}
 READS_DENSE_DEV = {**READS_DEV, "rr_watch": ("every",)}
 PEAK = {"rr_start": ("peak",)}
 EVAL_DRIVES_TRAINING = {"eval_steps": (READS_DEV,), "rank_eval_steps": (PEAK, READS_DENSE_DEV),
