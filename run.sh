@@ -18,7 +18,7 @@
 # $OUT/analysis/ (report.md, checkpoints.csv, summary.json, *.png) and $OUT/study.settings (the settings
 # below that shape the runs: a later call with other values is refused, naming the setting, so one study
 # never mixes two recipes; more SEEDS, VARIANTS or METHODS may be added). Every setting can be overridden from the
-# environment. A finished run (summary.json with status "finished") is not trained again and a run with
+# environment. A finished run (summary.json with status "finished" or "early_stopped") is not trained again and a run with
 # saved training state resumes from it, so an interrupted study picks up where it stopped; a run killed
 # before its first saved state is moved to $OUT/interrupted/ (out of the runs' folder) and started again.
 set -euo pipefail
@@ -50,6 +50,7 @@ POOLER=${POOLER:-cls}
 EPOCHS=${EPOCHS:-}
 MAX_STEPS=${MAX_STEPS:-}
 EVAL_STEPS=${EVAL_STEPS:-125}
+PATIENCE=${PATIENCE:-0}                # train.py --early_stopping_patience: evaluations without a better STS-B dev (0: off)
 SAVE_STEPS=${SAVE_STEPS:-125}          # encoder exports for analyze_rank.py (~0.44 GB each for bert-base) ...
 SAVE_STEPS_UNTIL=${SAVE_STEPS_UNTIL-1000}  # ... until this step (empty: to the end); best/ and peak/ are kept too
 CHECKPOINT_STEPS=${CHECKPOINT_STEPS:-1000}
@@ -122,6 +123,7 @@ POOLER=$POOLER
 EPOCHS=$EPOCHS
 MAX_STEPS=$MAX_STEPS
 EVAL_STEPS=$EVAL_STEPS
+PATIENCE=$PATIENCE
 SAVE_STEPS=$SAVE_STEPS
 SAVE_STEPS_UNTIL=$SAVE_STEPS_UNTIL
 MIXED_PRECISION=$MIXED_PRECISION
@@ -152,7 +154,7 @@ for method in $METHODS; do
     weight=0 rr_args=()
     if [ "$variant" != baseline ]; then weight=$RR_WEIGHT; fi
     if [ "$variant" = rr-schedule ]; then rr_args=(--rr_schedule "$RR_SCHEDULE" "${schedule_args[@]}"); fi
-    if [ -f "$dir/summary.json" ] && grep -q '"status": "finished"' "$dir/summary.json"; then
+    if [ -f "$dir/summary.json" ] && grep -q -E '"status": "(finished|early_stopped)"' "$dir/summary.json"; then
       echo "run.sh: $dir is finished already; not training again"
     else
       resume=()
@@ -169,7 +171,7 @@ for method in $METHODS; do
         --model_name_or_path "$MODEL" --train_file "$TRAIN_FILE" --eval_data_dir "$DATA_DIR" --output_dir "$dir" \
         --pooler_type "$POOLER" ${BATCH_SIZE:+--per_device_train_batch_size "$BATCH_SIZE"} ${LR:+--learning_rate "$LR"} \
         --max_seq_length "$MAX_LEN" --temp "$TEMP" ${EPOCHS:+--num_train_epochs "$EPOCHS"} ${MAX_STEPS:+--max_train_steps "$MAX_STEPS"} \
-        --eval_steps "$EVAL_STEPS" --save_steps "$SAVE_STEPS" ${SAVE_STEPS_UNTIL:+--save_steps_until "$SAVE_STEPS_UNTIL"} \
+        --eval_steps "$EVAL_STEPS" --early_stopping_patience "$PATIENCE" --save_steps "$SAVE_STEPS" ${SAVE_STEPS_UNTIL:+--save_steps_until "$SAVE_STEPS_UNTIL"} \
         --save_peak_checkpoint --checkpointing_steps "$CHECKPOINT_STEPS" --checkpoints_total_limit 1 \
         --mixed_precision "$MIXED_PRECISION" --max_grad_norm "$MAX_GRAD_NORM" --seed "$seed" \
         --rank-reduction "$weight" "${rr_args[@]}" "${train_args[@]}" "${resume[@]}"; then

@@ -49,6 +49,7 @@ from utils.encode import EmbeddingCache, default_max_length, encode
 from utils.methods import METHODS, TrainingModel
 from utils.model import ModelLoadError, SimCSEModel, load_pretrained
 from utils.phase import PeakCheckpoint, PeakDetector, describe_peak, offline_peak
+from utils.plateau import EarlyStopping
 from utils.pooling import SIMCSE_POOLERS
 from utils.rank import RANK_METRICS, RR_SOLVERS, probe_metrics, stsb_probe, vne_penalty
 from utils.rr_schedule import SCHEDULES, STALL_SCHEDULES, RRSchedule
@@ -105,6 +106,8 @@ def parse_args(argv=None):
                         "--pad_to_max_length); off by default")
     # evaluation, logging, checkpoints
     p.add_argument("--eval_steps", type=number(int, 1), default=125, help="STS-B/SICK-R dev every N steps")
+    p.add_argument("--early_stopping_patience", type=number(int, 0), default=0,
+                   help="end the run once STS-B dev has not improved for N evaluations (0: off)")
     p.add_argument("--eval_batch_size", type=number(int, 1), default=128, help="sentences per encode batch (on a GPU: a budget of this x 64 tokens)")
     p.add_argument("--logging_steps", type=number(int, 1), default=10, help="loss record every N steps")
     p.add_argument("--output_dir", required=True, help="metrics.jsonl, summary.json, best/, state/ go here")
@@ -228,20 +231,22 @@ def train_step(model, optimizer, scheduler, accelerator, inputs, temp: float, rr
     first three averaged over processes, left on the device; finite = whether the loss and the gradient
     norm were finite (when not, no update is made: a finite loss can still overflow the gradients, and
     one inf would put inf into Adam's second moments for good). The one value the host waits for is
-    that flag, once the backward pass is queued. measure_vne: compute the VNE even at rr_weight 0 (the
-    target schedule's controller reads it).
+    that flag, once the backward pass is queued. measure_vne: compute the VNE even at rr_weight 0 (an RR
+    run logs it at every step; the target schedule's controller reads it).
     """
     inputs = {k: v.to(accelerator.device, non_blocking=True) for k, v in inputs.items()}
     # One forward pass of both views (rows [0, B) and [B, 2B)) and the method's loss, in the DDP-wrapped module
-    with_rr = rr_weight > 0 or measure_vne
     out = model(inputs, temp)
-    rr_input = out.pooled if rr_on == "encoder" else out.z
+    rr_input = torch.stack((out.pooled if rr_on == "encoder" else out.z).chunk(2))  # (2, B, H): both views
     infonce = out.loss
     loss, vne = infonce, infonce.new_zeros(())
-    if with_rr:
+    if rr_weight > 0:
         # Rank Reduction: lower the von Neumann entropy (log effective rank) of each view's global batch
-        vne = vne_penalty(torch.stack(rr_input.chunk(2)), gather=True, solver=rr_solver).mean()  # both views, one call
+        vne = vne_penalty(rr_input, gather=True, solver=rr_solver).mean()  # both views, one call
         loss = infonce + rr_weight * vne
+    elif measure_vne:  # λ is 0 (before the peak, after a decay): the entropy is still measured, without a graph
+        with torch.no_grad():
+            vne = vne_penalty(rr_input.detach(), gather=True, solver=rr_solver).mean()
     terms = accelerator.reduce(torch.stack([loss, infonce, vne]).detach(), reduction="mean")
     accelerator.backward(loss)
     # The norm of the gradients every process holds after DDP's averaging (so the same on all); clipped
@@ -285,6 +290,7 @@ class TrainState:
 
     def __init__(self):
         self.step, self.best_step, self.best_metrics, self.train_seconds = 0, None, None, 0.0
+        self.best_train_seconds, self.eval_seconds = None, 0.0  # training seconds up to best/; evaluation seconds
         # sums over the steps since the last `train` record (loss, InfoNCE, VNE, grad norm, lambda): saved, so
         # that the first record after a resume averages the same steps as the uninterrupted run's
         self.window, self.window_steps = [0.0] * 5, 0
@@ -419,7 +425,7 @@ def train(argv=None):
     # evaluated and exported as is; on the device before the optimizer sees it (the fused kernel checks)
     raw_model = SimCSEModel(encoder, args.pooler_type, args.mlp_only_train, args.unpad_inputs)
     try:
-        method = METHODS[args.method](args, raw_model, tokenizer)
+        method = METHODS[args.method](args, raw_model, tokenizer, steps_per_epoch=batches.steps_per_epoch)
     except ValueError as err:  # a method flag that does not fit this model (named in the message)
         fail(str(err))
     raw_model.sentence_embedding = method.eval_embedding()  # recorded in every export's config.json
@@ -435,7 +441,8 @@ def train(argv=None):
     detector = PeakDetector(args.phase_patience, args.phase_margin)
     rr_schedule = RRSchedule(args.rank_reduction, args.rr_schedule, total_steps, args.rr_decay_steps, args.rr_patience,
                              args.rr_gain, args.rr_anneal_lr)
-    accelerator.register_for_checkpointing(scheduler, state, detector, rr_schedule)
+    early_stopping = EarlyStopping(args.early_stopping_patience)
+    accelerator.register_for_checkpointing(scheduler, state, detector, rr_schedule, early_stopping)
     peak_checkpoint = PeakCheckpoint(args.output_dir, keep=detector.window // 2 + 1) if args.save_peak_checkpoint else None
 
     if args.resume_from_checkpoint:
@@ -452,6 +459,15 @@ def train(argv=None):
         if saved_run is None:
             accelerator.print("note: this run has no run.json (it started before train.py wrote one): the "
                               "arguments of the resume are not compared with the run's")
+        if early_stopping.stopped:  # the run ended by its early stop; more steps or another patience go on
+            if {"max_train_steps", "early_stopping_patience"} & changed_on_resume.keys():
+                early_stopping.resume()
+            else:
+                accelerator.print(f"{args.output_dir}: this run has finished: it stopped early at step {state.step} "
+                                  f"(STS-B dev had not improved since step {early_stopping.best_step}); a larger "
+                                  "--max_train_steps trains it on")
+                if os.path.exists(os.path.join(args.output_dir, "summary.json")):
+                    return
         state.resumes.append({"step": state.step, "from": path,
                               "changed": {k: list(v) for k, v in changed_on_resume.items()}})
         if changed_on_resume:
@@ -523,6 +539,7 @@ def train(argv=None):
             accelerator.log({k: v for k, v in event.items() if isinstance(v, (int, float))}, step=state.step)
 
     def on_eval(full: bool) -> dict:
+        eval_start = time.perf_counter()
         metrics = evaluate(full)
         event = detector.update(state.step, metrics[args.phase_metric])
         if peak_checkpoint is not None and main_process:
@@ -531,16 +548,23 @@ def train(argv=None):
         if event["declared"]:
             accelerator.print(f"\nrank peak declared at step {state.step}: {args.phase_metric} peaked at step "
                               f"{detector.peak_step} ({detector.peak_value:.4g}); Phase 2 from here on")
-        record({"event": "eval" if full else "rank", "phase": detector.phase, **metrics})
+        record({"event": "eval" if full else "rank", "phase": detector.phase, **metrics,
+                "elapsed_s": round(state.train_seconds, 3)})
         if full and metrics["stsb_dev"] > state.best_score:
             state.best_step, state.best_metrics = state.step, {k: metrics[k] for k in ("stsb_dev", "sickr_dev")}
+            state.best_train_seconds = state.train_seconds
             save_best(metrics)
+        if (full or args.rr_watch == "every") and early_stopping.update(state.step, metrics.get("stsb_dev")):
+            accelerator.print(f"\nearly stop: STS-B dev has not improved for {args.early_stopping_patience} "
+                              f"evaluations (best {early_stopping.plateau.best:.2f} at step {early_stopping.best_step});"
+                              f" the run ends at step {state.step}")
         if (full or args.rr_watch == "every") and rr_schedule.on_eval(state.step, metrics.get("stsb_dev")):
             then = "is steered by the batch VNE" if args.rr_schedule == "target" else "decays to 0"
             if args.rr_anneal_lr:
                 then += " and the learning rate decays to 0"
             accelerator.print(f"\nRR schedule: STS-B dev has not improved for {args.rr_patience} evaluations; "
                               f"lambda {then} from step {state.step}")
+        state.eval_seconds += time.perf_counter() - eval_start
         return metrics
 
     accelerator.print(
@@ -561,7 +585,7 @@ def train(argv=None):
     window = torch.tensor(state.window, device=accelerator.device)  # running sums, see TrainState
     window_start = time.perf_counter()
     status = "finished"
-    while state.step < total_steps:
+    while state.step < total_steps and not early_stopping.stopped:
         step_start = time.perf_counter()
         rr_weight = rr_schedule.weight(state.step, active=args.rr_start == "0" or detector.declared)
         if args.rr_anneal_lr:  # from the scheduler's own value each step, so a resumed run does not compound it
@@ -569,7 +593,7 @@ def train(argv=None):
                 group["lr"] = lr * rr_schedule.lr_factor(state.step)
         terms, finite = train_step(model, optimizer, scheduler, accelerator, method.views(batches(state.step), state.step),
                                    args.temp,
-                                   rr_weight, args.rr_on, args.max_grad_norm, measure_vne=rr_schedule.reads_vne,
+                                   rr_weight, args.rr_on, args.max_grad_norm, measure_vne=args.rank_reduction > 0,
                                    rr_solver=args.rr_solver)
         if not finite:
             loss_value, grad_norm = terms[0].item(), terms[3].item()
@@ -615,10 +639,18 @@ def train(argv=None):
             window_start = time.perf_counter()
     progress.close()
 
+    if early_stopping.stopped:
+        status = "early_stopped"
     if status == "finished" and state.best_step is None:
         status = "stopped: no evaluation gave a finite STS-B dev score (check the evaluation files and the model)"
     state.window = window.tolist()
-    last_state = save_state() if status != "finished" else None  # keep the last good state to resume from
+    # the last good state to resume from (an early stop's too: a resume with more steps trains on from it),
+    # unless it is on disk already (saved at this step, or the state this process resumed from)
+    last_state = None
+    if status != "finished":
+        last_state = os.path.join(state_root, state_dir_name(state.step))
+        if not os.path.isdir(last_state):
+            last_state = save_state()
     peak = None
     if main_process:  # the offline peak: the highest-rank evaluation of the whole run, earliest on ties
         evals = [r for r in metrics_log.read() if r.get("event") in ("eval", "rank")]
@@ -635,6 +667,12 @@ def train(argv=None):
         "best_dir": best_dir if state.best_step is not None else None,
         "train_seconds": round(state.train_seconds, 3),
         "train_step_seconds_mean": round(state.train_seconds / max(state.step, 1), 5),
+        "compute": {"steps": state.step, "train_seconds": round(state.train_seconds, 3),
+                    "eval_seconds": round(state.eval_seconds, 3), "best_step": state.best_step,
+                    "best_train_seconds": None if state.best_train_seconds is None
+                    else round(state.best_train_seconds, 3)},
+        "early_stopping": {"patience": args.early_stopping_patience, "stopped_at_step": early_stopping.stopped_step,
+                           "best_step": early_stopping.best_step},
         "rank": {
             "phase_metric": args.phase_metric,
             "offline_peak": peak,
@@ -657,7 +695,7 @@ def train(argv=None):
     if main_process:
         write_json_atomic(os.path.join(args.output_dir, "summary.json"), summary, indent=2)
     accelerator.end_training()
-    if status != "finished":
+    if status not in ("finished", "early_stopped"):
         advice = "" if state.best_step is None and "evaluation" in status else (
             " To train on, start a new run (another --output_dir) with a lower --learning_rate, a higher --temp, "
             "--max_grad_norm 1, or --mixed_precision bf16 instead of fp16: a resume keeps this run's settings.")

@@ -159,7 +159,7 @@ def _worker(rank, world, path, out):
         results[method] = ([loss.item() / world for loss in losses],
                            {n: p.grad for n, p in model.named_parameters() if p.requires_grad})
         if method == "esimcse":  # each process queued its own half
-            results["queue"] = model.method.queue[: int(model.method.queue_len)].clone()
+            results["queue"] = model.method.queue[model.method.queue_size - int(model.method.queue_len):].clone()
     torch.save(results, f"{out}.{rank}")
 
 

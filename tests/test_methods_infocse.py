@@ -23,7 +23,8 @@ SENTENCES = ["a man is playing guitar", "two dogs", "the cat is small and the do
 def _args(**kw):
     return argparse.Namespace(**{"seed": 0, "max_seq_length": 32, "pooler_type": "cls", "mlp_only_train": True,
                                  "per_device_train_batch_size": 4, "temp": 0.05, "mlm_probability": 0.4,
-                                 "mlm_weight": 1e-5, "frozen_layers": None, "head_layers": 2, **kw})
+                                 "mlm_weight": 1e-5, "frozen_layers": None, "head_layers": 2, "mlm_eval": True,
+                                 "mlm_decoder": "trained", **kw})
 
 
 def _method(path, pooler="cls", mlp_only_train=True, **kw):
@@ -31,7 +32,7 @@ def _method(path, pooler="cls", mlp_only_train=True, **kw):
     encoder, tokenizer = load_pretrained(str(path))
     torch.manual_seed(0)
     model = SimCSEModel(encoder, pooler, mlp_only_train=mlp_only_train).train()
-    return model, InfoCSE(_args(**kw), model, tokenizer), tokenizer
+    return model, InfoCSE(_args(model_name_or_path=str(path), **kw), model, tokenizer), tokenizer
 
 
 def _batch(tokenizer, sentences=SENTENCES):
@@ -122,16 +123,21 @@ def test_heads_and_frozen_copy_are_built_from_the_encoder(tiny_bert):
     model, method, tokenizer = _method(tiny_bert)
     encoder = model.encoder
     assert isinstance(model.mlp, ProjectionMLP)
-    assert method.frozen_layers == 1 and len(method.frozen.layer) == 1  # half of 2 layers
+    assert method.frozen_layers == 2 and len(method.frozen.layer) == 2  # the authors' 6, or all of a shallower one
     assert len(method.c_head) == 2 and all(type(layer) is type(encoder.encoder.layer[0]) for layer in method.c_head)
     query = method.c_head[0].attention.self.query
     assert abs(query.weight.std().item() - encoder.config.initializer_range) < 0.003  # fresh, the encoder's init
     assert not torch.allclose(query.weight, encoder.encoder.layer[0].attention.self.query.weight)
     assert torch.count_nonzero(query.bias) == 0 and torch.count_nonzero(method.lm_head.bias) == 0
-    # the decoder reads the frozen copy's word embeddings: equal to the online ones at the start, not shared
+    # the frozen copy's word embeddings and the trained decoder: both equal to the online ones at the start,
+    # none of the three shared
     online = encoder.embeddings.word_embeddings.weight
     assert method.frozen.word_embeddings.data_ptr() != online.data_ptr()
     assert torch.equal(method.frozen.word_embeddings, online)
+    decoder = method.lm_head.decoder
+    assert decoder.requires_grad and decoder.data_ptr() not in (online.data_ptr(), method.frozen.word_embeddings.data_ptr())
+    assert torch.equal(decoder, online)
+    assert method.mlm_head_source.startswith("initialised")  # a plain encoder checkpoint: no MLM head
     assert all(not p.requires_grad for p in method.frozen.parameters())
     keys = TrainingModel(model, method).state_dict()
     assert "method.frozen.layer.0.attention.self.query.weight" in keys  # saved and resumed with the state
@@ -146,7 +152,7 @@ def test_frozen_states_equal_the_initial_encoders_lower_layers(tiny_bert, attent
     _, tokenizer = load_pretrained(str(tiny_bert))
     encoder = AutoModel.from_pretrained(str(tiny_bert), attn_implementation=attention).eval()
     model = SimCSEModel(encoder, "cls")
-    method = InfoCSE(_args(frozen_layers=2), model, tokenizer)
+    method = InfoCSE(_args(frozen_layers=2, model_name_or_path=str(tiny_bert)), model, tokenizer)
     model.eval(), method.eval()  # dropout off in both
     batch = _batch(tokenizer)
     with torch.no_grad():
@@ -177,6 +183,55 @@ def test_the_frozen_copy_gets_no_gradient_and_keeps_its_weights(tiny_bert):
     assert not torch.equal(method.c_head[0].attention.self.query.weight, head_before)
 
 
+@pytest.mark.parametrize("mlm_eval", [True, False])
+def test_the_frozen_copy_runs_without_dropout_under_mlm_eval(tiny_bert, mlm_eval, monkeypatch):
+    # tiny_bert has dropout 0.1: two passes of the copy in training mode differ, in eval mode they agree
+    model, method, tokenizer = _method(tiny_bert, mlm_eval=mlm_eval)
+    inputs = method.views(_batch(tokenizer), step=0)
+    seen = []
+    forward = type(method.frozen).forward
+    monkeypatch.setattr(type(method.frozen), "forward",
+                        lambda self, *a, **k: seen.append((self.training, forward(self, *a, **k))) or seen[-1][1])
+    _, pooled = model(**{k: v for k, v in inputs.items() if not k.startswith("mlm_")}, return_pooled=True)
+    for _ in range(2):
+        method.mlm_loss(pooled, inputs["mlm_input_ids"], inputs["mlm_labels"], inputs["attention_mask"])
+    (mode, first), (_, second) = seen
+    assert mode is not mlm_eval
+    assert torch.equal(first, second) is mlm_eval
+    assert method.frozen.training  # the module's own mode is restored
+
+
+def test_the_decoder_is_trained_or_frozen(tiny_bert):
+    model, method, tokenizer = _method(tiny_bert, mlm_weight=1.0)
+    out = method(model, method.views(_batch(tokenizer), step=0), 0.05)
+    out.loss.backward()
+    assert method.lm_head.decoder.grad is not None and method.lm_head.decoder.grad.abs().sum() > 0
+    model, frozen, tokenizer = _method(tiny_bert, mlm_decoder="frozen")
+    assert frozen.lm_head.decoder is None  # the frozen copy's word embeddings are read instead
+    assert "lm_head.decoder" not in dict(frozen.named_parameters())
+
+
+def test_a_checkpoints_own_mlm_head_is_loaded(tmp_path, tiny_bert):
+    from transformers import AutoTokenizer, BertForMaskedLM
+
+    encoder, _ = load_pretrained(str(tiny_bert))
+    torch.manual_seed(3)
+    mlm = BertForMaskedLM(encoder.config)
+    mlm.bert.load_state_dict(encoder.state_dict(), strict=False)
+    with torch.no_grad():
+        mlm.cls.predictions.transform.dense.weight.normal_()
+        mlm.cls.predictions.bias.uniform_()
+    mlm.save_pretrained(tmp_path)
+    AutoTokenizer.from_pretrained(str(tiny_bert)).save_pretrained(tmp_path)
+    model, method, _ = _method(tmp_path)
+    head = mlm.cls.predictions
+    assert method.mlm_head_source == "the checkpoint's MLM head"
+    torch.testing.assert_close(method.lm_head.dense.weight, head.transform.dense.weight)
+    torch.testing.assert_close(method.lm_head.LayerNorm.weight, head.transform.LayerNorm.weight)
+    torch.testing.assert_close(method.lm_head.bias, head.bias)
+    torch.testing.assert_close(method.lm_head.decoder, mlm.get_output_embeddings().weight)
+
+
 # ----------------------------------------------------------------------------- the loss
 
 
@@ -205,7 +260,7 @@ def _expected_terms(path, model, method, inputs, temp):
     z1, z2 = z.chunk(2)
     cos = F.normalize(z1, dim=1) @ F.normalize(z2, dim=1).T / temp
     infonce = -torch.diagonal(cos.log_softmax(dim=1)).mean()
-    head, words = method.lm_head, initial.embeddings.word_embeddings.weight
+    head, words = method.lm_head, method.lm_head.decoder
     total, count = 0.0, 0
     for i, n in enumerate(lengths):
         states = initial(input_ids=inputs["mlm_input_ids"][i, :n][None], output_hidden_states=True)
@@ -331,7 +386,8 @@ def test_check_args_accepts_the_published_values():
     assert InfoCSE.check_args(_args()) is None
     assert InfoCSE.check_args(_args(frozen_layers=6)) is None
     defaults = {flag: kwargs["default"] for flag, kwargs in InfoCSE.flags}
-    assert defaults == {"--mlm_probability": 0.4, "--mlm_weight": 1e-5, "--frozen_layers": None, "--head_layers": 2}
+    assert defaults == {"--mlm_probability": 0.4, "--mlm_weight": 1e-5, "--frozen_layers": None, "--head_layers": 2,
+                        "--mlm_eval": True, "--mlm_decoder": "trained"}
     assert all(kwargs["help"].startswith("infocse: ") for _, kwargs in InfoCSE.flags)
 
 
@@ -360,6 +416,6 @@ def test_roberta_trains_and_its_frozen_states_match(tiny_roberta):
     with torch.no_grad():
         states = method.frozen(inputs["mlm_input_ids"], inputs["attention_mask"])
         expected = model.encoder(input_ids=inputs["mlm_input_ids"], attention_mask=inputs["attention_mask"],
-                                 output_hidden_states=True).hidden_states[1]
+                                 output_hidden_states=True).hidden_states[method.frozen_layers]
     real = inputs["attention_mask"].bool()
     torch.testing.assert_close(states[real], expected[real], atol=1e-5, rtol=1e-5)

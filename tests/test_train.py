@@ -122,7 +122,8 @@ def test_sigkilled_run_resumes_to_the_uninterrupted_result(tmp_path, tiny_bert, 
 def test_two_cpu_processes_under_accelerate_launch(tmp_path, corpus, fake_senteval):
     # dropout off, so one process and two processes see the same views and must agree
     model = make_tiny_model(tmp_path / "m", "bert", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    args = ("--max_train_steps", "4", "--eval_steps", "4", "--logging_steps", "1")
+    # with an early stop: both end at the same evaluation
+    args = ("--max_train_steps", "12", "--eval_steps", "2", "--logging_steps", "1", "--early_stopping_patience", "1")
     single = run(train_cmd(model, corpus, fake_senteval, tmp_path / "one", *args))
     assert single.returncode == 0, single.stderr[-3000:]
     # accelerate's --cpu launcher starts ONE process without MPI; --multi_gpu starts N (gloo on CPUs)
@@ -139,6 +140,45 @@ def test_two_cpu_processes_under_accelerate_launch(tmp_path, corpus, fake_sentev
                 assert a[key] == pytest.approx(b[key], abs=1e-4), (a, b)
     summary = json.load(open(tmp_path / "two" / "summary.json"))
     assert summary["num_processes"] == 2 and summary["global_batch_size"] == 8
+    assert summary["status"] == json.load(open(tmp_path / "one" / "summary.json"))["status"] == "early_stopped"
+
+
+def expected_stop(evals, patience):
+    """The step of the first evaluation `patience` evaluations after the best STS-B dev so far."""
+    best, since = -math.inf, 0
+    for r in evals:
+        best, since = (r["stsb_dev"], 0) if r["stsb_dev"] > best else (best, since + 1)
+        if since >= patience:
+            return r["step"]
+    return None
+
+
+def test_early_stopping_ends_the_run_and_a_resume_says_it_has_finished(tmp_path, tiny_bert, corpus, fake_senteval):
+    out = tmp_path / "out"
+    args = ("--max_train_steps", "60", "--eval_steps", "2", "--early_stopping_patience", "2")
+    proc = run(train_cmd(tiny_bert, corpus, fake_senteval, out, *args))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    evals = [r for r in records(out) if r["event"] == "eval"]
+    stop = expected_stop(evals, 2)
+    assert stop is not None and stop < 60 and evals[-1]["step"] == stop
+    summary = json.load(open(out / "summary.json"))
+    assert summary["status"] == "early_stopped" and summary["steps"] == stop
+    assert summary["early_stopping"]["stopped_at_step"] == stop
+    assert summary["compute"]["steps"] == stop and summary["compute"]["best_step"] == summary["best_step"]
+    assert 0 <= summary["compute"]["best_train_seconds"] <= summary["compute"]["train_seconds"]
+    assert (out / "state" / f"step_{stop:07d}").is_dir() and (out / "best" / "model.safetensors").is_file()
+    assert not any(r["step"] > stop for r in records(out))
+    # a resume of the stopped run: it has finished; nothing is trained or written
+    log_before = (out / "metrics.jsonl").read_bytes()
+    again = run(train_cmd(tiny_bert, corpus, fake_senteval, out, *args, "--resume_from_checkpoint", "latest"))
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "has finished" in again.stdout and (out / "metrics.jsonl").read_bytes() == log_before
+    # more steps: it trains on from the stop
+    longer = run(train_cmd(tiny_bert, corpus, fake_senteval, out, *args[2:], "--max_train_steps", "80",
+                           "--resume_from_checkpoint", "latest"))
+    assert longer.returncode == 0, longer.stderr[-3000:]
+    summary = json.load(open(out / "summary.json"))
+    assert summary["steps"] > stop and summary["resumes"][-1]["changed"] == {"max_train_steps": [60, 80]}
 
 
 def test_accelerate_launch_cpu_form_runs(tmp_path, tiny_bert, corpus, fake_senteval):

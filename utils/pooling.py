@@ -89,6 +89,15 @@ def pool(pooler_type: str, attention_mask: torch.Tensor, outputs, input_ids: tor
     raise ValueError(f"unknown pooler {pooler_type!r}; choose one of {', '.join(POOLERS)}")
 
 
+def position_start(encoder) -> int:
+    """The position id of a row's first token in the encoder's own forward: 0 for BERT-style embeddings,
+    padding_idx + 1 for RoBERTa-style ones (which count positions past the padding index)."""
+    embeddings = getattr(encoder, "embeddings", None)
+    if hasattr(embeddings, "create_position_ids_from_input_ids"):
+        return embeddings.padding_idx + 1
+    return 0
+
+
 class PooledEncoder(nn.Module):
     """A plain `AutoModel` plus a pooler: maps a tokenized batch to (B, H) sentence embeddings.
 

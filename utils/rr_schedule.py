@@ -28,6 +28,8 @@ step. All state is in `state_dict`, so a resumed run continues the same λ seque
 
 import math
 
+from utils.plateau import Plateau
+
 SCHEDULES = ("constant", "linear", "cosine", "plateau", "target")
 STALL_SCHEDULES = ("plateau", "target")  # the ones that read STS-B dev and detect its stall
 EMA = 0.9  # target: the moving average of the batch VNE, over ~10 steps (one batch's VNE is noisy)
@@ -45,7 +47,7 @@ class RRSchedule:
         self.base, self.kind, self.total_steps = weight, kind, total_steps
         self.decay_steps, self.patience, self.gain, self.anneal_lr = decay_steps, patience, gain, anneal_lr
         self.start_step = None  # the first step RR was on
-        self.best, self.evals_since_best = -math.inf, 0
+        self.plateau = Plateau(patience)  # STS-B dev since RR started: its stall starts the decay
         self.decay_from = None  # plateau / target: the step STS-B dev stalled at
         self.vne_ema, self.target, self.lam = None, None, weight  # target: the controller's state
 
@@ -100,19 +102,20 @@ class RRSchedule:
         before RR has started do not count."""
         if self.kind not in STALL_SCHEDULES or self.decay_from is not None or self.start_step is None:
             return False
-        if score is not None and math.isfinite(score) and score > self.best:
-            self.best, self.evals_since_best, self.target = score, 0, self.vne_ema
+        if self.plateau.update(score):
+            self.target = self.vne_ema
             return False
-        self.evals_since_best += 1
-        if self.evals_since_best >= self.patience:
+        if self.plateau.stalled:
             self.decay_from = step
             return True
         return False
 
     def state_dict(self) -> dict:
-        return {k: getattr(self, k) for k in ("start_step", "best", "evals_since_best", "decay_from", "vne_ema",
-                                              "target", "lam")}
+        return {**{k: getattr(self, k) for k in ("start_step", "decay_from", "vne_ema", "target", "lam")},
+                "plateau": self.plateau.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
+        state = dict(state)
+        self.plateau.load_state_dict(state.pop("plateau"))
         for k, v in state.items():
             setattr(self, k, v)

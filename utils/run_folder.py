@@ -25,6 +25,7 @@ RESUME_MAY_CHANGE = {
     "logging_steps", "eval_steps", "eval_batch_size", "rank_eval_steps",
     "rank_eval_until", "save_steps", "save_steps_until", "checkpointing_steps", "checkpoints_total_limit",
     "save_peak_checkpoint", "report_to", "probe_split", "energy_tau", "phase_patience", "phase_margin",
+    "early_stopping_patience",
 }
 # ... unless training reads the evaluations: the plateau and target schedules read STS-B dev (with --rr_watch
 # every, the rank evaluations' too), --rr_start peak the declared rank peak, so then their cadence and detector

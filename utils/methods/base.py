@@ -42,7 +42,7 @@ class Method(nn.Module):
     # the published recipe's shared knobs, as train.py flags (README, run.sh)
     recipe = {"per_device_train_batch_size": 64, "learning_rate": 3e-5, "num_train_epochs": 1, "mlp_only_train": True}
 
-    def __init__(self, args, model, tokenizer):
+    def __init__(self, args, model, tokenizer, steps_per_epoch: int | None = None):
         super().__init__()
         self.seed = args.seed
 

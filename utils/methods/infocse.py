@@ -6,18 +6,21 @@ solved through the sentence's [CLS].
   training only: evaluation and export read the raw [CLS]); InfoNCE over cos / temp.
 - MLM part: a masked copy of the same 2B rows (p = --mlm_probability; 80 % [MASK], 10 % a random token,
   10 % kept; special tokens and padding never masked) goes through a frozen copy of the initial encoder's
-  embeddings and first --frozen_layers layers (never trained, no gradient). Position 0 of those token
-  states is replaced by the online encoder's last-layer [CLS] of the unmasked row (with its gradient); the
-  sequence runs through `c_head` (--head_layers fresh encoder layers) and the MLM head, and cross-entropy
-  scores the masked positions only. The MLM head's decoder is the frozen copy's word-embedding matrix, so
-  the MLM gradient reaches the online encoder through that one [CLS] vector and nowhere else.
+  embeddings and first --frozen_layers layers (never trained, no gradient; default 6, the authors'
+  skip_from for 12 and 24 layers alike, or all the layers of a shallower encoder). With --mlm_eval (the
+  authors' bert-base script) that copy runs without dropout. Position 0 of its token states is replaced
+  by the online encoder's last-layer [CLS] of the unmasked row (with its gradient); the sequence runs
+  through `c_head` (--head_layers fresh encoder layers) and the MLM head, and cross-entropy scores the
+  masked positions only. So the MLM gradient reaches the online encoder through that one [CLS] vector.
+- The MLM head (transform + decoder + bias) is trained. It starts from the checkpoint's own MLM head where
+  it has one (a BERT or RoBERTa MLM checkpoint, as the authors load Condenser's), else from the encoder's
+  initialisation with the decoder a copy of the word embeddings (the MLM head's tied initial value).
+  `--mlm_decoder frozen` reads the frozen copy's word embeddings instead of training a decoder.
 - loss = InfoNCE + --mlm_weight * MLM.
 
-The published recipe starts from Condenser (Luyu/condenser), whose pretrained MLM head and head layers are
-part of it. A plain encoder checkpoint has neither: `c_head` and the MLM head's transform start from the
-encoder's own initialisation (normal, std = initializer_range; bias zero), so results from another
-starting point are not the published setting. The frozen copy follows the module's train / eval mode
-(dropout in training), like any other submodule.
+The published recipe starts from Condenser (Luyu/condenser). Its hub checkpoint has the MLM head but not
+the head layers (the authors' loader reads those only from a local model.pt), so `c_head` starts fresh
+in their runs as it does here.
 
 Rank Reduction defaults to z, the head's output, as for the other methods. On the pooled [CLS]
 (`--rr_on encoder`, the evaluated embedding) the penalty meets almost no resistance: the contrastive loss
@@ -30,6 +33,7 @@ Several processes: the BatchNorm statistics are each process's own (not synchron
 code; the MLM masks are drawn per process from the step's generator, so a resume draws them again.
 """
 
+import argparse
 import copy
 import sys
 
@@ -41,6 +45,7 @@ from utils.loss import contrastive_loss
 from utils.methods.base import Method, Output
 from utils.unpad import unpadded_layers
 
+SKIP_FROM = 6  # the authors' frozen lower layers, for bert-base and bert-large alike
 IGNORE = -100  # the label of a position the MLM does not score (cross_entropy's ignore_index)
 
 
@@ -69,11 +74,11 @@ class ProjectionMLP(nn.Module):
 class MLMHead(nn.Module):
     """The MLM prediction head: (N, H) token states -> (N, V) vocabulary logits.
 
-    transform = Linear(H, H), the config's activation, LayerNorm; then a decoder whose weight (V, H) is
-    passed in (the frozen word embeddings, never trained here) and whose bias (V,) is trained.
+    transform = Linear(H, H), the config's activation, LayerNorm; then a decoder (V, H) and a bias (V,).
+    `decoder` is a trained parameter, or None when the caller passes a (frozen) decoder weight in.
     """
 
-    def __init__(self, config, vocab_size: int):
+    def __init__(self, config, vocab_size: int, decoder: torch.Tensor | None = None):
         super().__init__()
         from transformers.activations import ACT2FN
 
@@ -83,10 +88,44 @@ class MLMHead(nn.Module):
         self.activation = ACT2FN[act] if isinstance(act, str) else act
         # named LayerNorm so train.py's optimizer keeps weight decay off it, as off the encoder's own
         self.LayerNorm = nn.LayerNorm(hidden, eps=getattr(config, "layer_norm_eps", 1e-12))
+        self.decoder = nn.Parameter(decoder.detach().clone()) if decoder is not None else None
         self.bias = nn.Parameter(torch.zeros(vocab_size))
 
-    def forward(self, hidden: torch.Tensor, decoder_weight: torch.Tensor) -> torch.Tensor:
-        return F.linear(self.LayerNorm(self.activation(self.dense(hidden))), decoder_weight, self.bias)
+    def forward(self, hidden: torch.Tensor, decoder_weight: torch.Tensor | None = None) -> torch.Tensor:
+        weight = self.decoder if self.decoder is not None else decoder_weight
+        return F.linear(self.LayerNorm(self.activation(self.dense(hidden))), weight, self.bias)
+
+
+# where a masked-LM checkpoint keeps its head: (prefix, transform's Linear, transform's LayerNorm)
+MLM_HEAD_LAYOUTS = (("cls.predictions.", "transform.dense.", "transform.LayerNorm."),  # BERT
+                    ("lm_head.", "dense.", "layer_norm."))  # RoBERTa
+
+
+def pretrained_mlm_head(name_or_path: str) -> dict | None:
+    """The checkpoint's MLM head as MLMHead's state dict ({"dense.*", "LayerNorm.*", "decoder", "bias"}), or
+    None where the checkpoint has none (an encoder saved without it, e.g. a sentence-transformers model)."""
+    from transformers import AutoModelForMaskedLM
+    from transformers.utils import logging
+
+    verbosity = logging.get_verbosity()
+    logging.set_verbosity_error()  # the head's absence is the expected case here, not a warning
+    try:
+        mlm, info = AutoModelForMaskedLM.from_pretrained(name_or_path, dtype=torch.float32, output_loading_info=True)
+    except (OSError, ValueError, KeyError):  # no masked-LM class for this architecture, or no such files
+        return None
+    finally:
+        logging.set_verbosity(verbosity)
+    weights = mlm.state_dict()
+    missing = set(info["missing_keys"])
+    for prefix, dense, norm in MLM_HEAD_LAYOUTS:
+        keys = [f"{prefix}{part}{p}" for part in (dense, norm) for p in ("weight", "bias")] + [f"{prefix}bias"]
+        if all(k in weights for k in keys) and not missing & set(keys):
+            head = {f"dense.{p}": weights[f"{prefix}{dense}{p}"] for p in ("weight", "bias")}
+            head.update({f"LayerNorm.{p}": weights[f"{prefix}{norm}{p}"] for p in ("weight", "bias")})
+            head["bias"] = weights[f"{prefix}bias"]
+            head["decoder"] = mlm.get_output_embeddings().weight
+            return {k: v.detach().clone() for k, v in head.items()}
+    return None
 
 
 def layer_attention_mask(layer: nn.Module, config, hidden: torch.Tensor, attention_mask: torch.Tensor):
@@ -169,20 +208,24 @@ class InfoCSE(Method):
         ("--mlm_weight", dict(type=float, default=1e-5, help="infocse: loss = InfoNCE + this x MLM")),
         ("--frozen_layers", dict(type=int, default=None,
                                  help="infocse: lower layers of the initial encoder, frozen, that encode the masked "
-                                      "copy (None: half the encoder's layers, the authors' skip_from 6 of 12)")),
+                                      "copy (None: 6, the authors' skip_from, or all of a shallower encoder)")),
         ("--head_layers", dict(type=int, default=2,
                                help="infocse: fresh encoder layers over [CLS] + the frozen token states")),
+        ("--mlm_eval", dict(action=argparse.BooleanOptionalAction, default=True,
+                            help="infocse: the frozen layers run without dropout (the authors' bert-base script)")),
+        ("--mlm_decoder", dict(choices=["trained", "frozen"], default="trained",
+                               help="infocse: the MLM decoder is trained (the authors') or the frozen word embeddings")),
     )
     # the authors' Infocse-bert-base.sh: batch 64, lr 7e-6, 2 epochs, cls --mlp_only_train
     recipe = {**Method.recipe, "learning_rate": 7e-6, "num_train_epochs": 2, "mlp_only_train": True}
 
-    def __init__(self, args, model, tokenizer):
-        super().__init__(args, model, tokenizer)
+    def __init__(self, args, model, tokenizer, steps_per_epoch: int | None = None):
+        super().__init__(args, model, tokenizer, steps_per_epoch)
         encoder = model.encoder
         self._check_model(model)
         config = encoder.config
         total = len(encoder.encoder.layer)
-        frozen = args.frozen_layers if args.frozen_layers is not None else max(1, total // 2)
+        frozen = args.frozen_layers if args.frozen_layers is not None else min(SKIP_FROM, total)
         if not 1 <= frozen <= total:
             raise ValueError(f"argument --frozen_layers: must be in [1, {total}] (the model's layers), got {frozen}")
         if args.head_layers < 1:
@@ -193,10 +236,19 @@ class InfoCSE(Method):
         self.frozen = FrozenLowerEncoder(encoder, frozen)
         layer_class = type(encoder.encoder.layer[0])
         self.c_head = nn.ModuleList(layer_class(config) for _ in range(args.head_layers))
-        self.lm_head = MLMHead(config, self.frozen.word_embeddings.shape[0])
+        self.mlm_eval = args.mlm_eval
+        word_embeddings = self.frozen.word_embeddings
+        self.lm_head = MLMHead(config, word_embeddings.shape[0],
+                               word_embeddings if args.mlm_decoder == "trained" else None)
         for module in [*self.c_head.modules(), *self.lm_head.modules()]:
             encoder._init_weights(module)  # the encoder's own initializer (normal, std = initializer_range)
         nn.init.zeros_(self.lm_head.bias)
+        pretrained = pretrained_mlm_head(args.model_name_or_path)
+        self.mlm_head_source = "the checkpoint's MLM head" if pretrained else "initialised (no MLM head in the checkpoint)"
+        if pretrained:
+            if self.lm_head.decoder is None:
+                del pretrained["decoder"]
+            self.lm_head.load_state_dict(pretrained)
         # host-side masking data (views runs on the host): plain attributes, not state
         self.mask_id = tokenizer.mask_token_id
         self.special_ids = torch.tensor(sorted(set(tokenizer.all_special_ids)), dtype=torch.long)
@@ -255,12 +307,17 @@ class InfoCSE(Method):
         """Mean cross-entropy at the masked positions; pooled (2B, H) is the only input with a gradient.
         unpad: the frozen layers and the head layers skip the padding, as the encoder does under
         --unpad_inputs (else they, not the encoder, would be most of an unpadded step)."""
-        states = self.frozen(mlm_input_ids, attention_mask, token_type_ids, unpad)  # (2B, L, H), no graph
+        was_training = self.frozen.training
+        self.frozen.train(was_training and not self.mlm_eval)
+        try:
+            states = self.frozen(mlm_input_ids, attention_mask, token_type_ids, unpad)  # (2B, L, H), no graph
+        finally:
+            self.frozen.train(was_training)
         hidden = torch.cat([pooled[:, None].to(states.dtype), states[:, 1:]], dim=1)
         hidden = run_layers(self.c_head, hidden, attention_mask, self.config, unpad)
         scored = mlm_labels != IGNORE
         # the vocabulary projection on the masked positions only: the same loss, most of the work saved
-        logits = self.lm_head(hidden[scored], self.frozen.word_embeddings)
+        logits = self.lm_head(hidden[scored], self.frozen.word_embeddings)  # its own decoder where trained
         # a sum over the scored positions: 0 (not NaN) for a batch without any, every head still in the graph
         logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # float32 at least under autocast
         return F.cross_entropy(logits, mlm_labels[scored], reduction="sum") / scored.sum().clamp(min=1)

@@ -41,8 +41,8 @@ class MixCSE(Method):
     # the authors' run_unsup_example.sh: the MLP also in the dev evaluation that picks the checkpoint
     recipe = {**Method.recipe, "mlp_only_train": False}
 
-    def __init__(self, args, model, tokenizer):
-        super().__init__(args, model, tokenizer)
+    def __init__(self, args, model, tokenizer, steps_per_epoch: int | None = None):
+        super().__init__(args, model, tokenizer, steps_per_epoch)
         self.mix_lambda = args.mix_lambda
 
     @classmethod

@@ -27,7 +27,7 @@ from torch import nn
 from utils.encode import apply_template, pad_batch, split_template, template_problem
 from utils.loss import contrastive_loss
 from utils.methods.base import Method, Output
-from utils.pooling import encoder_outputs, gather_rows, mask_positions
+from utils.pooling import encoder_outputs, gather_rows, mask_positions, position_start
 
 TEMPLATE_FLAGS = ("--prompt_template1", "--prompt_template2")
 
@@ -59,15 +59,6 @@ def tokenize_template(tokenizer, template: str) -> Template:
     if len(hits) != 1:
         raise ValueError(f"template {template!r} tokenizes to {len(hits)} mask tokens, not one")
     return Template(prefix, suffix, hits[0])
-
-
-def position_start(encoder) -> int:
-    """The position id of a row's first token in the encoder's own forward: 0 for BERT-style embeddings,
-    padding_idx + 1 for RoBERTa-style ones (which count positions past the padding index)."""
-    embeddings = getattr(encoder, "embeddings", None)
-    if hasattr(embeddings, "create_position_ids_from_input_ids"):
-        return embeddings.padding_idx + 1
-    return 0
 
 
 def empty_template_inputs(templates, copies: int, cls_id: int, sep_id: int, pad_id: int, start: int = 0):
@@ -152,8 +143,8 @@ class PromptBERT(Method):
     # the authors' run.sh unsup-bert
     recipe = {**Method.recipe, "per_device_train_batch_size": 256, "learning_rate": 1e-5, "mlp_only_train": True}
 
-    def __init__(self, args, model, tokenizer):
-        super().__init__(args, model, tokenizer)
+    def __init__(self, args, model, tokenizer, steps_per_epoch: int | None = None):
+        super().__init__(args, model, tokenizer, steps_per_epoch)
         self.template_texts = (args.prompt_template1, args.prompt_template2)
         self.templates = tuple(tokenize_template(tokenizer, t) for t in self.template_texts)
         self.denoise = args.prompt_denoise
