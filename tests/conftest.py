@@ -3,6 +3,7 @@
 import os
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
@@ -165,6 +166,57 @@ def fake_senteval_sts(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def corpus(tmp_path_factory) -> Path:
     return write_corpus(tmp_path_factory.mktemp("corpus") / "train.txt")
+
+
+# ----------------------------------------------------------------------------- scripts in this process
+
+
+class Ran(NamedTuple):
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run_in_process(main, argv) -> Ran:
+    """A script's main(argv) called here, as a process would end: its exit status (SystemExit's code; a
+    message as the code is printed to stderr with status 1, as Python does) and what it printed."""
+    import contextlib
+    import io
+
+    out, err, code = io.StringIO(), io.StringIO(), 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            main([str(a) for a in argv])
+        except SystemExit as exit_:
+            code = exit_.code
+            if isinstance(code, str):
+                print(code, file=err)
+                code = 1
+            code = code or 0
+    return Ran(code, out.getvalue(), err.getvalue())
+
+
+# ----------------------------------------------------------------------------- train.py
+
+# the small settings of the tests' runs (a tiny model learns something at this rate)
+TRAIN_ARGS = ("--per_device_train_batch_size", "8", "--max_seq_length", "16", "--learning_rate", "1e-3",
+              "--logging_steps", "2", "--seed", "7")
+
+
+def train_argv(model, corpus, data, out, *extra) -> list[str]:
+    return ["--model_name_or_path", str(model), "--train_file", str(corpus), "--eval_data_dir", str(data),
+            "--output_dir", str(out), *TRAIN_ARGS, *extra]
+
+
+def train_in_process(model, corpus, data, out, *extra) -> None:
+    """train.main in this process (SystemExit as the script's exit); accelerate's per-process state is
+    reset first, as a new process would start."""
+    from accelerate.state import AcceleratorState
+
+    import train
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    train.main(train_argv(model, corpus, data, out, *extra))
 
 
 # ----------------------------------------------------------------------------- two CPU processes

@@ -1,4 +1,5 @@
-"""utils/analysis.py, utils/report.py and utils/plots.py on synthetic checkpoint series and fake run folders."""
+"""utils/analysis.py, utils/runs.py, utils/report.py and utils/plots.py on synthetic training logs, checkpoint
+series and fake run folders."""
 
 import csv
 import json
@@ -9,9 +10,10 @@ import sys
 import pytest
 from scipy.stats import kendalltau, spearmanr
 
-from utils.analysis import (band, best_index, config_key, correlation, group_runs, group_stats, list_checkpoints,
-                            load_run, mean_std, phase_analysis, phase_labels, weights_fingerprint)
+from utils.analysis import (RR_FLAGS, add_checkpoint_metrics, band, best_index, config_key, correlation, counterpart,
+                            group_runs, group_stats, mean_std, nearest, phase_analysis, phase_labels)
 from utils.report import markdown, metric_columns, write_csv
+from utils.runs import list_checkpoints, load_run, load_runs, weights_fingerprint
 
 
 def series(ranks, stsb, steps=None, **extra):
@@ -53,25 +55,25 @@ def test_peak_ties_go_to_the_earliest_checkpoint():
     assert out["peak"]["step"] == 10 and out["phase2"]["n"] == 4
 
 
-@pytest.mark.parametrize("ranks, stsb, best_step, phase, reason", [
+@pytest.mark.parametrize("ranks, stsb, best_step, phase, reason", [  # utils.phase.segment's words
     ([9, 8, 7, 6, 5], [1, 2, 3, 4, 5], 40, "phase1",
-     "no Phase 1: effective_rank was highest at the first checkpoint (step 0)"),
+     "no Phase 1: the rank was highest at the first evaluation (step 0)"),
     ([1, 2, 3, 4, 5], [1, 2, 3, 4, 5], 40, "phase2",
-     "no Phase 2 yet: effective_rank was still highest at the last checkpoint (step 40)"),
+     "no Phase 2 yet: the rank was still highest at the last evaluation (step 40)"),
     ([1, 2, 5, 4, 3], [9, 2, 3, 4, 5], 0, "phase2",
-     "no Phase 2: the best STS-B dev checkpoint (step 0) comes before the rank peak (step 20)"),
+     "no Phase 2: the best checkpoint (step 0) comes before the rank peak (step 20)"),
     ([1, 2, 5, 4, 3], [1, 2, 9, 4, 5], 20, "phase2",
-     "no Phase 2: the best STS-B dev checkpoint (step 20) is the rank peak (step 20)"),
+     "no Phase 2: the best checkpoint (step 20) is the rank peak (step 20)"),
 ])
 def test_missing_phases_are_said_not_invented(ranks, stsb, best_step, phase, reason):
     out = phase_analysis(series(ranks, stsb), best_step=best_step)
     assert out[phase] == {"absent": reason}
 
 
-def test_peak_at_start_still_has_a_phase_2_and_the_description_speaks_of_checkpoints():
+def test_peak_at_start_still_has_a_phase_2_and_the_description_speaks_of_evaluations():
     out = phase_analysis(series([9, 8, 7, 6, 5], [1, 2, 3, 4, 5]), best_step=40)
     assert out["phase2"]["n"] == 5 and out["phase2"]["correlation"]["spearman"] == pytest.approx(-1)
-    assert "first checkpoint (step 0)" in out["peak"]["description"]
+    assert "first evaluation (step 0)" in out["peak"]["description"]
 
 
 def test_correlation_needs_four_finite_points_and_varying_series():
@@ -81,10 +83,13 @@ def test_correlation_needs_four_finite_points_and_varying_series():
     assert correlation([1, 2, 3, 4], [1, 3, 2, 4])["spearman"] == pytest.approx(0.8)
 
 
-def test_best_is_best_dir_where_swept_else_the_highest_earliest():
-    assert best_index([0, 10, 20], [5, 9, 9], best_step=20) == (2, "best/")
-    assert best_index([0, 10, 20], [5, 9, 9], best_step=15) == (1, "highest swept STS-B dev")
-    assert best_index([0, 10], [None, math.nan]) == (None, None)
+def test_best_is_best_dir_where_logged_else_the_highest_earliest_full_evaluation():
+    log = series([1, 2, 3], [5, 9, 9])
+    assert best_index(log, best_step=20) == (2, "best/")
+    assert best_index(log, best_step=15) == (1, "highest logged STS-B dev")
+    log[1]["event"] = "rank"  # best/ is chosen among the full evaluations only
+    assert best_index(log) == (2, "highest logged STS-B dev")
+    assert best_index(series([1, 2], [None, math.nan])) == (None, None)
 
 
 def test_phase_labels_mark_both_phases_and_beyond():
@@ -93,22 +98,46 @@ def test_phase_labels_mark_both_phases_and_beyond():
     assert phase_labels([0, 10], None, None) == ["", ""]
 
 
-def test_log_correlation_uses_the_full_evaluations_in_the_phase_range():
-    rows = series([1, 5, 3, 2], [1, 2, 3, 4], steps=[0, 100, 200, 300])
-    log = [{"step": s, "effective_rank": 5 - s / 100, "stsb_dev": s / 10} for s in range(100, 301, 25)]
-    log += [{"step": 150, "effective_rank": 9.0}]  # a rank-only record: no STS-B dev, not counted
-    out = phase_analysis(rows, best_step=300, log=log)
-    assert out["phase2"]["log_correlation"]["n"] == 9
-    assert out["phase2"]["log_correlation"]["spearman"] == pytest.approx(-1)
+def test_phases_read_every_evaluation_of_the_log_dense_and_full():
+    log = [{"event": "rank", "step": s, "effective_rank": 1 + s / 10, "stsb_dev": s / 10} for s in range(0, 100, 10)]
+    log += [{"event": "eval", "step": s, "effective_rank": 20 - s / 100, "stsb_dev": s / 10}
+            for s in range(100, 301, 25)]
+    log += [{"event": "rank", "step": 140, "effective_rank": 18.0},  # rank only: a point of the series, not of ρ
+            {"event": "train", "step": 160, "loss": 1.0}, {"event": "eval", "step": 170, "stsb_dev": 1.0}]
+    out = phase_analysis(log, best_step=300)
+    assert out["peak"]["step"] == 100 and out["best"] == {"step": 300, "stsb_dev": 30.0, "source": "best/"}
+    assert out["phase1"]["n"] == 11 and out["phase1"]["correlation"]["spearman"] == pytest.approx(1)
+    assert out["phase2"]["n"] == 10 and out["phase2"]["correlation"]["n"] == 9
+    assert out["phase2"]["correlation"]["spearman"] == pytest.approx(-1)
+    assert out["last"] == {"step": 300, "stsb_dev": 30.0} and out["rank"]["first"] == 1
+
+
+def test_checkpoint_quantities_are_read_at_the_boundaries_or_the_nearest_checkpoint():
+    log = series([1, 3, 5, 4, 3, 2], [1, 2, 3, 4, 6, 5])  # steps 0..50: peak at 20, best at 40
+    phases = phase_analysis(log, best_step=40)
+    rows = [{"step": s, "probing_Tense": 50 + s, "sts_test_avg": 60 + s / 10, "stsb_dev": 0.0} for s in (0, 30, 40)]
+    notes = add_checkpoint_metrics(phases, rows)
+    assert [c["step"] for c in phases["checkpoints"].values()] == [0, 30, 40]
+    assert notes == ["the peak (step 20): STS test and probing read at the nearest swept checkpoint, step 30"]
+    assert phases["phase1"]["delta"]["probing_Tense"] == 30 and phases["phase2"]["delta"]["probing_Tense"] == 10
+    assert phases["phase1"]["checkpoint_steps"] == [0, 30] and phases["phase1"]["delta"]["stsb_dev"] == 2  # the log's
+    assert nearest([0, 30], 15) == 0 and nearest([], 5) is None
+    same = phase_analysis(log, best_step=40)
+    add_checkpoint_metrics(same, [r for r in rows if r["step"] != 30] + [{"step": 10, "probing_Tense": 1.0}])
+    assert same["checkpoints"]["peak"]["step"] == 10 and same["checkpoints"]["start"]["step"] == 0
+    one = phase_analysis(log, best_step=40)
+    add_checkpoint_metrics(one, rows[:1])  # every boundary reads the one checkpoint: no change can be measured
+    assert one["phase1"]["delta"]["probing_Tense"] is None
 
 
 # ----------------------------------------------------------------------------- groups
 
 
-def fake_run(name, seed, weight=0.0, status="finished", **args):
+def fake_run(name, seed, weight=0.0, status="finished", method_label=None, **args):
     base = {"model_name_or_path": "m", "seed": seed, "output_dir": f"runs/{name}", "learning_rate": 3e-5,
             "rank_reduction": weight, "resume_from_checkpoint": None}
-    return {"name": name, "dir": f"runs/{name}", "seed": seed, "status": status, "args": {**base, **args}}
+    return {"name": name, "dir": f"runs/{name}", "seed": seed, "status": status, "args": {**base, **args},
+            "method_label": method_label}
 
 
 def test_runs_group_by_everything_but_seed_output_dir_and_resume():
@@ -125,17 +154,42 @@ def test_runs_group_by_everything_but_seed_output_dir_and_resume():
 
 
 def test_runs_of_several_methods_are_labelled_by_method():
-    """Each method's recipe (lr, its own flags) is part of its name; only what differs within a method is named."""
-    simcse = [fake_run("s", 1, method="simcse", dup_rate=None), fake_run("s-rr", 1, 0.1, method="simcse", dup_rate=None)]
-    esim = [fake_run("e", 1, method="esimcse", dup_rate=0.32),
-            fake_run("e-rr", 1, 0.1, method="esimcse", dup_rate=0.32),
-            fake_run("e-rr-dup", 1, 0.1, method="esimcse", dup_rate=0.1)]
-    info = [fake_run("i", 1, method="infocse", learning_rate=7e-6)]
+    """Each method's recipe (lr, its own flags) is part of its name; only what differs within a method is named.
+    The name is the one summary.json records (method_label), else the method as the args name it."""
+    simcse = [fake_run("s", 1, method="simcse", dup_rate=None, method_label="SimCSE"),
+              fake_run("s-rr", 1, 0.1, method="simcse", dup_rate=None, method_label="SimCSE")]
+    esim = [fake_run("e", 1, method="esimcse", dup_rate=0.32, method_label="ESimCSE"),
+            fake_run("e-rr", 1, 0.1, method="esimcse", dup_rate=0.32, method_label="ESimCSE"),
+            fake_run("e-rr-dup", 1, 0.1, method="esimcse", dup_rate=0.1, method_label="ESimCSE")]
+    info = [fake_run("i", 1, method="infocse", learning_rate=7e-6, method_label="InfoCSE")]
     labels = [g["label"] for g in group_runs(simcse + esim + info)]
     assert labels == ["SimCSE", "SimCSE + RR λ=0.1", "ESimCSE, dup_rate=0.32", "ESimCSE + RR λ=0.1, dup_rate=0.32",
                       "ESimCSE + RR λ=0.1, dup_rate=0.1", "InfoCSE"]
     assert [g["label"] for g in group_runs(esim[:2])] == ["ESimCSE", "ESimCSE + RR λ=0.1"]  # one method, not SimCSE
     assert [g["label"] for g in group_runs(simcse)] == ["baseline", "RR λ=0.1"]  # SimCSE alone: as before
+    older = [dict(r, method_label=None) for r in simcse + esim[:2]]  # summaries without method_label
+    assert [g["label"] for g in group_runs(older)] == ["simcse", "simcse + RR λ=0.1", "esimcse", "esimcse + RR λ=0.1"]
+
+
+def test_rr_flags_are_the_rank_reduction_objects_flags():
+    assert RR_FLAGS == ("rank_reduction", "rr_on", "rr_solver", "rr_start", "rr_schedule", "rr_decay_steps",
+                        "rr_patience", "rr_watch", "rr_gain", "rr_anneal_lr")
+
+
+def test_the_baseline_of_an_rr_group_differs_from_it_in_the_rr_settings_alone():
+    runs = [fake_run("tiny", 1, model_name_or_path="tiny"), fake_run("b", 1), fake_run("b-watch", 1, rr_watch="every"),
+            fake_run("r", 1, 0.1, rr_schedule="target", rr_patience=3), fake_run("r-lr", 1, 0.1, learning_rate=1e-4)]
+    for order in (runs, runs[::-1]):  # the order of --runs changes nothing
+        by_name = {g["runs"][0]["name"]: g for g in group_runs(order)}
+        baselines = [g for g in by_name.values() if g["kind"] == "baseline"]
+        # b-watch differs in rr_watch too, and agrees less; tiny is another model
+        assert counterpart(by_name["r"], baselines, RR_FLAGS, "baseline", "the RR settings") == (by_name["b"], None)
+        assert counterpart(by_name["r-lr"], baselines, RR_FLAGS, "baseline", "the RR settings") == \
+            (None, "no baseline group differs from it in the RR settings alone")
+    tie = {g["runs"][0]["name"]: g for g in group_runs([fake_run("b1", 1, rr_watch="every"),
+                                                        fake_run("b2", 1, rr_patience=5), fake_run("r", 1, 0.1)])}
+    base, why = counterpart(tie["r"], [tie["b1"], tie["b2"]], RR_FLAGS, "baseline", "the RR settings")
+    assert base is None and why.startswith("several baseline groups differ from it in the RR settings alone: ")
 
 
 def test_runs_without_args_are_their_own_group():
@@ -150,19 +204,22 @@ def test_mean_std_is_the_sample_std_of_finite_values():
 
 
 def test_group_stats_over_seeds():
-    runs = [fake_run("b1", 1), fake_run("b2", 2), fake_run("b3", 3, status="unfinished")]
+    runs = [fake_run("b1", 1, status="early_stopped"), fake_run("b2", 2), fake_run("b3", 3, status="unfinished")]
     group = group_runs(runs)[0]
     rows = {"b1": series([1, 3, 2, 1], [70, 72, 75, 74]), "b2": series([1, 2, 4, 3], [71, 76, 73, 72]),
             "b3": series([5, 4, 3, 2], [60, 61, 62, 63])}
-    results = {n: {"phases": phase_analysis(r, best_step=None), "sts_test": t}
-               for (n, r), t in zip(rows.items(), (70.0, 72.0, None))}
+    results = {n: {"phases": phase_analysis(r, best_step=None), "sts_test": t,
+                   "compute": {"steps": 30 + i, "train_seconds": 60.0 + i, "best_train_seconds": 10.0 * i}}
+               for i, ((n, r), t) in enumerate(zip(rows.items(), (70.0, 72.0, None)))}
     stats = group_stats(group, results, "effective_rank")
     assert stats["best_stsb_dev"]["values"] == [75, 76, 63]
     assert stats["best_step"]["values"] == [20, 10, 30]
     assert stats["peak_step"]["values"] == [10, 20] and stats["interior_peaks"] == 2  # b3 peaks at step 0
     assert stats["peak_effective_rank"]["values"] == [3, 4, 5]
     assert stats["sts_test_avg"] == {"mean": 71.0, "std": pytest.approx(math.sqrt(2)), "n": 2, "values": [70.0, 72.0]}
-    assert stats["unfinished"] == ["b3"] and stats["seeds"] == [1, 2, 3]
+    assert stats["unfinished"] == ["b3"] and stats["seeds"] == [1, 2, 3]  # an early stop is a finished run
+    assert stats["steps"]["values"] == [30, 31, 32] and stats["train_seconds"]["mean"] == 61.0
+    assert stats["best_seconds"]["values"] == [0.0, 10.0, 20.0]
 
 
 def test_band_over_the_steps_every_run_has():
@@ -228,7 +285,36 @@ def test_weights_fingerprint_is_the_weight_bytes_not_the_folder(tmp_path):
 def test_unfinished_run_takes_its_args_from_a_checkpoint(tmp_path):
     run = load_run(str(fake_run_dir(tmp_path, summary=False, pooler_type="avg")))
     assert run["status"] == "unfinished" and run["args"]["pooler_type"] == "avg" and run["eval_pooler"] == "avg"
-    assert run["checkpoints"][0]["source"] == "checkpoints/step-000000" and run["log_peak"] is None
+    assert run["checkpoints"][0]["source"] == "checkpoints/step-000000"
+    assert run["compute"] == {"steps": 5, "train_seconds": None, "best_step": 20, "best_train_seconds": None,
+                              "source": "the training log"}  # as far as it got
+
+
+def test_compute_from_the_summary_else_from_the_log(tmp_path):
+    run_dir = fake_run_dir(tmp_path)
+    summary = json.load(open(run_dir / "summary.json"))
+    compute = {"steps": 175, "train_seconds": 520.0, "eval_seconds": 42.0, "best_step": 100,
+               "best_train_seconds": 311.9}
+    write_json(str(run_dir / "summary.json"), {**summary, "status": "early_stopped", "compute": compute,
+                                               "method_label": "ESimCSE"})
+    run = load_run(str(run_dir))
+    assert run["status"] == "early_stopped" and run["method_label"] == "ESimCSE"
+    assert run["compute"] == {"steps": 175, "train_seconds": 520.0, "best_step": 100, "best_train_seconds": 311.9,
+                              "source": "summary.json"}
+    # an older summary: steps and train_seconds, the best's seconds from the log's elapsed_s
+    write_json(str(run_dir / "summary.json"), {**summary, "steps": 30, "train_seconds": 90.0})
+    with open(run_dir / "metrics.jsonl", "a") as f:
+        f.write('{"event": "eval", "step": 20, "stsb_dev": 60, "effective_rank": 4, "elapsed_s": 61.5}\n')
+    assert load_run(str(run_dir))["compute"] == {"steps": 30, "train_seconds": 90.0, "best_step": 20,
+                                                 "best_train_seconds": 61.5,
+                                                 "source": "summary.json and the training log"}
+
+
+def test_runs_with_one_folder_name_are_told_apart_and_a_folder_given_twice_is_refused(tmp_path):
+    a, b = fake_run_dir(tmp_path / "a"), fake_run_dir(tmp_path / "b")
+    assert [r["name"] for r in load_runs([str(a), str(b)])] == [os.path.normpath(a), os.path.normpath(b)]
+    with pytest.raises(ValueError, match="the same run folder is given twice"):
+        load_runs([str(a), str(a)])
 
 
 def test_step_0_with_an_evaluation_mlp_is_not_guessed(tmp_path):
@@ -290,8 +376,9 @@ def tiny_results(rows_by_run, runs):
     groups = group_runs(runs)
     label = {r["name"]: g["label"] for g in groups for r in g["runs"]}
     res = {r["name"]: {"name": r["name"], "status": r["status"], "seed": r["seed"], "group": label[r["name"]],
-                       "phases": phase_analysis(rows_by_run[r["name"]], best_step=None), "sts_test": None,
-                       "log_peak": None, "notes": []} for r in runs}
+                       "phases": phase_analysis(r["log"], best_step=None), "sts_test": None,
+                       "compute": {"steps": 40, "train_seconds": 80.0 + r["seed"], "best_step": 20,
+                                   "best_train_seconds": 40.0, "source": "summary.json"}, "notes": []} for r in runs}
     return {"settings": {"phase_metric": "effective_rank", "probe_split": "dev", "probe_sentences": 10,
                          "sts_test_source": "none"},
             "runs": list(res.values()), "groups": [group_stats(g, res, "effective_rank") for g in groups],
@@ -301,14 +388,13 @@ def tiny_results(rows_by_run, runs):
 
 
 def synthetic_study():
-    runs = [dict(fake_run(f"{v}{s}", s, w), log=[]) for v, w in (("b", 0.0), ("r", 0.1)) for s in (1, 2)]
+    """Four runs whose training logs were swept at every evaluation (rows equal to the log)."""
+    runs = [fake_run(f"{v}{s}", s, w) for v, w in (("b", 0.0), ("r", 0.1)) for s in (1, 2)]
     rows_by_run = {}
     for i, run in enumerate(runs):
-        rows = series([1, 4 + i, 3, 2, 2], [50, 55, 60 + i, 58, 57], alignment=[0.2, 0.3, 0.35, 0.3, 0.28],
-                      uniformity=[-1, -2, -2.5, -2.6, -2.7])
-        for r in rows:
-            r.update(run=run["name"], seed=run["seed"])
-        rows_by_run[run["name"]] = rows
+        run["log"] = series([1, 4 + i, 3, 2, 2], [50, 55, 60 + i, 58, 57], alignment=[0.2, 0.3, 0.35, 0.3, 0.28],
+                            uniformity=[-1, -2, -2.5, -2.6, -2.7])
+        rows_by_run[run["name"]] = [dict(r, run=run["name"], seed=run["seed"]) for r in run["log"]]
     return runs, rows_by_run
 
 
@@ -318,9 +404,27 @@ def test_markdown_report_holds_groups_runs_phases_and_the_plot_note():
     text = markdown(results, rows_by_run, [], "plots skipped: matplotlib is not installed")
     assert "## Groups (mean ± std over seeds)" in text and "| baseline | 2 | 1, 2 |" in text
     assert "| RR λ=0.1 | 2 | 1, 2 |" in text
-    assert "### b1" in text and "Rank peak at step 10" in text and "Phase 2: step 10 → 20 (2 checkpoints)" in text
+    assert "### b1" in text and "Rank peak at step 10" in text and "Phase 2: step 10 → 20 (2 evaluations)" in text
     assert "too few points (n=2 < 4)" in text and "plots skipped: matplotlib is not installed" in text
     assert "| 60.50 ± 0.71 (n=2) |" in text  # best STS-B dev of b1, b2: 60, 61
+    assert "## Summary per method" in text and "| simcse | baseline | 2 | 60.50 ± 0.71 (n=2) |" in text
+    assert "| 40 ± 0 (n=2) | 82 ± 1 (n=2) |" in text  # steps and seconds trained (81, 82)
+    assert "trained 40 steps in 81 s, the best at step 20 after 40 s (summary.json)" in text
+
+
+def test_the_summary_per_method_gives_rr_against_its_baseline_with_the_verdicts():
+    from utils.findings import judge_by_method
+
+    runs, rows_by_run = synthetic_study()
+    results = tiny_results(rows_by_run, runs)
+    for run in runs:
+        run.update(best_step=20, sts_test=None, compute=next(r["compute"] for r in results["runs"]
+                                                             if r["name"] == run["name"]))
+    results["findings"], results["findings_by_method"] = judge_by_method(runs, group_runs(runs))
+    text = markdown(results, rows_by_run, [], None)
+    assert ("| simcse | RR λ=0.1 | 2 | 62.50 ± 0.71 (n=2) | – | 20 ± 0 (n=2) | 40 ± 0 (n=2) | 40 ± 0 (n=2) | "
+            "82 ± 1 (n=2) | vs baseline: **not enough runs**: STS-B dev, STS test, steps to the best, seconds to the "
+            "best, spread, steps trained (1.00×), seconds trained (1.00×) |") in text
 
 
 def test_plots_are_skipped_cleanly_without_matplotlib(tmp_path, monkeypatch):

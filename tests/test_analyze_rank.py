@@ -1,15 +1,15 @@
-"""analyze_rank.py end to end: two tiny train.py runs (seeds 1 and 2) with --save_steps, swept for real."""
+"""analyze_rank.py end to end: two tiny train.py runs (seeds 1 and 2) with --save_steps, swept for real; a tiny
+PromptBERT run read with both its embeddings."""
 
 import csv
 import json
-import subprocess
-import sys
+import shutil
 
 import pytest
 from scipy.stats import kendalltau, spearmanr
 
-from tests.conftest import REPO, WORDS, add_fake_sts_years, write_fake_senteval
-from tests.test_train import train_cmd
+import analyze_rank
+from tests.conftest import WORDS, add_fake_sts_years, run_in_process, train_in_process, write_fake_senteval
 from utils.phase import offline_peak
 
 TRAIN_ARGS = ("--pooler_type", "avg", "--max_train_steps", "8", "--eval_steps", "4", "--rank_eval_steps", "2",
@@ -38,18 +38,12 @@ def study(tmp_path_factory, tiny_bert, corpus):
     data = write_fake_senteval(root / "data")
     add_fake_sts_years(data)
     runs = [root / "runs" / f"baseline-seed{seed}" for seed in (1, 2)]
-    procs = [subprocess.Popen(train_cmd(tiny_bert, corpus, data, out, *TRAIN_ARGS, "--seed", str(seed)), cwd=REPO,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-             for seed, out in zip((1, 2), runs)]  # both at once: half the wall time on two cores
-    for proc in procs:
-        _, err = proc.communicate(timeout=300)
-        assert proc.returncode == 0, err[-3000:]
+    for seed, out in zip((1, 2), runs):
+        train_in_process(tiny_bert, corpus, data, out, *TRAIN_ARGS, "--seed", str(seed))
     out = root / "analysis"
-    proc = subprocess.run([sys.executable, str(REPO / "analyze_rank.py"), "--runs", *map(str, runs),
-                           "--data_dir", str(data), "--out", str(out), "--sts_test",
-                           "--probing_dir", str(write_fake_probing(root / "probing")), "--probing_at", "boundaries",
-                           "--probing_limit", "30"],
-                          capture_output=True, text=True, cwd=REPO, timeout=300)
+    proc = run_in_process(analyze_rank.main, ["--runs", *runs, "--data_dir", data, "--out", out, "--sts_test",
+                                              "--probing_dir", write_fake_probing(root / "probing"),
+                                              "--probing_at", "boundaries", "--probing_limit", "30", "--device", "cpu"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     strict = lambda c: pytest.fail(f"summary.json holds {c}")  # noqa: E731
     summary = json.load(open(out / "summary.json"), parse_constant=strict)
@@ -155,8 +149,6 @@ def test_one_group_over_both_seeds_and_the_report(study):
 
 
 def test_not_a_run_folder_is_refused_before_any_model_is_loaded(tmp_path, fake_senteval, capsys):
-    import analyze_rank
-
     with pytest.raises(SystemExit) as exit_info:
         analyze_rank.main(["--runs", str(tmp_path), "--data_dir", str(fake_senteval), "--out", str(tmp_path / "out")])
     assert exit_info.value.code == 2 and "not a train.py output folder" in capsys.readouterr().err
@@ -179,8 +171,6 @@ def fake_run(root, tiny_bert, steps=(2, 4)):
 
 
 def test_a_corrupt_checkpoint_is_skipped_with_a_note(tmp_path, tiny_bert, fake_senteval):
-    import analyze_rank
-
     run = fake_run(tmp_path, tiny_bert)
     weights = run / "checkpoints" / "step-000004" / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:500])  # a copy cut short
@@ -198,8 +188,6 @@ def test_a_corrupt_checkpoint_is_skipped_with_a_note(tmp_path, tiny_bert, fake_s
     (["--device", "gpu"], "argument --device: not a device: 'gpu'"),
 ])
 def test_bad_out_or_device_fails_before_any_model_is_loaded(tmp_path, fake_senteval, capsys, argv, needle):
-    import analyze_rank
-
     run = tmp_path / "run"
     run.mkdir()
     (run / "metrics.jsonl").write_text("")
@@ -211,3 +199,66 @@ def test_bad_out_or_device_fails_before_any_model_is_loaded(tmp_path, fake_sente
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and needle.format(file=file) in err and "Traceback" not in err
     assert file.read_text() == "kept" and not (tmp_path / "out").exists()
+
+
+LOGGED = ("effective_rank", "vne", "eig_effective_rank", "energy_rank", "alignment", "uniformity", "stsb_dev",
+          "sickr_dev")
+
+
+def test_promptbert_checkpoints_give_the_logged_numbers_and_evaluate_pys_sts_test(tmp_path, tiny_bert, corpus,
+                                                                                  fake_senteval_sts):
+    """PromptBERT reads a checkpoint two ways: the sweep's logged metrics are of the dev embedding (training's),
+    its STS test of the test embedding (evaluate.py's). An export from before config.sentence_embedding had a
+    "dev" entry, and the starting model, are read the same way (the legacy rule, from the run's args)."""
+    import evaluate
+
+    run = tmp_path / "promptbert"
+    train_in_process(tiny_bert, corpus, fake_senteval_sts, run, "--method", "promptbert", "--max_train_steps", "4",
+                     "--eval_steps", "2", "--rank_eval_steps", "1", "--rank_eval_until", "4", "--save_steps", "2")
+    legacy = tmp_path / "legacy"  # the same run as an older train.py left it: no "dev" entry, no step-0 export
+    shutil.copytree(run, legacy)
+    shutil.rmtree(legacy / "checkpoints" / "step-000000")
+    for config in [*legacy.glob("checkpoints/*/config.json"), legacy / "best" / "config.json"]:
+        record = json.loads(config.read_text())
+        assert record["sentence_embedding"].pop("dev") == {"period": False, "denoise": True}
+        config.write_text(json.dumps(record))
+    out = tmp_path / "analysis"
+    proc = run_in_process(analyze_rank.main, ["--runs", run, legacy, "--data_dir", fake_senteval_sts, "--out", out,
+                                              "--sts_test", "--device", "cpu"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = list(csv.DictReader(open(out / "checkpoints.csv")))
+    log = {r["step"]: r for r in map(json.loads, open(run / "metrics.jsonl")) if r["event"] in ("eval", "rank")}
+    best = json.load(open(run / "best" / "best_metrics.json"))
+    legacy_start = "best" if best["step"] == 0 else "starting model"  # best/ stands for step 0 where it is step 0
+    assert [(r["run"], r["step"], r["source"]) for r in rows] == [
+        ("promptbert", "0", "checkpoints/step-000000"), ("promptbert", "2", "checkpoints/step-000002"),
+        ("promptbert", "4", "checkpoints/step-000004"), ("legacy", "0", legacy_start),
+        ("legacy", "2", "checkpoints/step-000002"), ("legacy", "4", "checkpoints/step-000004")]
+    for row in rows:
+        for key in LOGGED:
+            if key in log[int(row["step"])]:
+                logged = log[int(row["step"])][key]
+                assert float(row[key]) == pytest.approx(logged, abs=1e-6), (row["run"], row["step"], key)
+        if row["is_best"] == "1":
+            assert int(row["step"]) == best["step"]
+            assert float(row["stsb_dev"]) == pytest.approx(best["stsb_dev"], abs=1e-6)
+            assert float(row["sickr_dev"]) == pytest.approx(best["sickr_dev"], abs=1e-6)
+    test = evaluate.main(["--model_name_or_path", str(run / "best"), "--mode", "test", "--data_dir",
+                          str(fake_senteval_sts), "--device", "cpu"])
+    assert test["period"] and not test["denoise"]
+    for result in json.load(open(out / "summary.json"))["runs"]:
+        assert result["sts_test"] == pytest.approx(test["avg"], abs=1e-9)
+        assert any("template-denoised" in e for e in result["embeddings"]["dev"])
+        assert any("'.' added where missing" in e for e in result["embeddings"]["test"])
+    report = (out / "report.md").read_text()
+    assert "- dev embedding (rank metrics, alignment, uniformity, STS-B dev, SICK-R dev: what training logged): " \
+        "pooler mask, template" in report
+
+
+def test_an_early_stop_is_a_finished_run():
+    args = analyze_rank.parse_args(["--runs", "r", "--data_dir", "d"])
+    runs = [{"name": n, "status": s} for n, s in (("a", "finished"), ("b", "early_stopped"), ("c", "unfinished"))]
+    notes = analyze_rank.analysis_notes(args, runs, type("Sweep", (), {"reused": []}), None)
+    assert [n for n in notes if ": " in n and n.split(":")[0] in "abc"] == [
+        "c: unfinished (its checkpoints so far are analysed)"]
+

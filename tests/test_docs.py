@@ -17,8 +17,11 @@ COMMANDS = [
     (["train.py"], "train.md"),
     (["evaluate.py"], "evaluate.md"),
     (["analyze_rank.py"], "analyze_rank.md"),
-    (["-m", "utils.bench"], "speed.md"),
-    (["bench_transfer.py"], "speed.md"),
+    (["-m", "benchmarks.bench_step"], "speed.md"),
+    (["-m", "benchmarks.bench_methods"], "speed.md"),
+    (["-m", "benchmarks.bench_encode"], "speed.md"),
+    (["-m", "benchmarks.bench_rr_solvers"], "speed.md"),
+    (["-m", "benchmarks.bench_transfer"], "speed.md"),
     (["-m", "utils.download", "wiki1m"], "data.md"),
     (["-m", "utils.download", "senteval"], "data.md"),
 ]
@@ -101,7 +104,7 @@ def test_every_flag_is_on_its_docs_page(command, page):
 
 # ----------------------------------------------------------------------------------------------- links
 
-MARKDOWN = [REPO / "README.md", *sorted(DOCS.glob("*.md"))]
+MARKDOWN = [REPO / "README.md", *sorted(DOCS.rglob("*.md"))]
 LINK = re.compile(r"!?\[[^\]]*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
 
 

@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from utils.encode import default_max_length, encode, length_batches, pad_batch
+from utils.data import pad_batch
+from utils.encode import default_max_length, encode, length_batches
 from utils.model import load_pretrained
 from utils.pooling import PooledEncoder
 
@@ -56,7 +57,7 @@ def test_encode_on_a_gpu_matches_the_cpu(tiny_bert):
 
 
 def test_apply_template_and_the_period_rule():
-    from utils.encode import apply_template
+    from utils.prompt import apply_template
 
     sentences = ["a man sings", "done.", "why?", 'he said "no"', "it's 'fine'", "a list,", "{mask} {sentence}", ""]
     assert apply_template(sentences, None, period=True) == [
@@ -73,7 +74,7 @@ def test_apply_template_and_the_period_rule():
 
 
 def test_encode_with_a_template_embeds_the_formatted_sentences(tiny_bert):
-    from utils.encode import apply_template
+    from utils.prompt import apply_template
 
     encoder, tokenizer = load_pretrained(str(tiny_bert))
     model = PooledEncoder(encoder, "mask", mask_token_id=tokenizer.mask_token_id)
@@ -85,21 +86,3 @@ def test_encode_with_a_template_embeds_the_formatted_sentences(tiny_bert):
     assert torch.equal(got[0], got[2])
     with pytest.raises(ValueError, match="row 0 has 0"):  # the mask pooler without a template
         encode(model, tokenizer, ["a b"])
-
-
-def test_sentence_embedding_of_checks_the_config():
-    from utils.encode import sentence_embedding_of
-
-    template = 'This sentence of "{sentence}" means {mask}.'
-    assert sentence_embedding_of({}) is None
-    assert sentence_embedding_of({"sentence_embedding": {"pooler": "mask", "template": template, "period": True}}) \
-        == {"pooler": "mask", "template": template, "period": True}
-    assert sentence_embedding_of({"sentence_embedding": {"pooler": "avg"}}) == \
-        {"pooler": "avg", "template": None, "period": False}
-    for spec, needle in (({"pooler": "max"}, "needs a 'pooler'"), ("mask", "needs a 'pooler'"),
-                         ({"pooler": "mask", "template": "{sentence}"}, "exactly one {mask}"),
-                         ({"pooler": "avg", "template": "x"}, "exactly one {sentence}"),
-                         ({"pooler": "avg", "template": 3}, "must be a string"),
-                         ({"pooler": "avg", "period": "yes"}, "period must be true or false")):
-        with pytest.raises(ValueError, match=needle):
-            sentence_embedding_of({"sentence_embedding": spec})

@@ -1,4 +1,5 @@
-"""evaluate.py as a user runs it: a subprocess, its exit status, stderr and the JSON it writes."""
+"""evaluate.py as a user runs it: its exit status, what it prints and the JSON it writes (main(argv) in this
+process; one test runs it as a script)."""
 
 import json
 import subprocess
@@ -7,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from tests.conftest import REPO, make_tiny_model
+from tests.conftest import REPO, make_tiny_model, run_in_process
 from tests.test_sts import make_fake_senteval
 from utils.encode import default_max_length, encode
 from utils.model import load_pretrained
@@ -15,9 +16,17 @@ from utils.pooling import PooledEncoder
 from utils.sts import load_sts_tasks, score_sts
 
 
-def run(*args, timeout=120):
-    return subprocess.run([sys.executable, "evaluate.py", *map(str, args)], cwd=REPO, capture_output=True,
-                          text=True, timeout=timeout)
+def run(*args):
+    import evaluate
+
+    return run_in_process(evaluate.main, args)
+
+
+def test_it_runs_as_a_script(tiny_bert, data):
+    proc = subprocess.run([sys.executable, "evaluate.py", "--model_name_or_path", str(tiny_bert), "--mode", "dev",
+                           "--data_dir", str(data)], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "STSBenchmark" in proc.stdout
 
 
 @pytest.fixture(scope="module")

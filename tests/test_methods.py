@@ -54,6 +54,17 @@ def test_a_flag_of_another_method_is_refused_by_name(capsys):
     assert "--method: invalid choice: 'sbert'" in capsys.readouterr().err
 
 
+def test_every_method_flag_has_a_one_sentence_help_in_its_methods_group(capsys):
+    with pytest.raises(SystemExit):
+        _args("simcse", "--help")
+    text = capsys.readouterr().out
+    for method in METHODS.values():
+        assert f"--method {method.name} only:" in text or not method.flags
+        for flag, kwargs in method.flags:
+            assert ". " not in kwargs["help"] and len(kwargs["help"]) < 100, flag
+            assert flag in text
+
+
 def test_each_method_gets_its_published_defaults_and_rr_tensor():
     mix, esim, info, prompt = _args("mixcse"), _args("esimcse"), _args("infocse"), _args("promptbert")
     assert mix.mix_lambda == 0.2 and (esim.dup_rate, esim.momentum, esim.queue_size) == (0.32, 0.995, 160)
@@ -70,25 +81,29 @@ def test_every_method_trains_with_and_without_rank_reduction(tiny_bert, method, 
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
 
-    from train import make_optimizer, train_step
+    from utils.rank_reduction import RankReduction
+    from utils.training import TrainStep, make_optimizer
 
     AcceleratorState._reset_state(reset_partial_state=True)
-    args = _args(method, "--queue_size", "4") if method == "esimcse" else _args(method)
+    extra = ("--rank-reduction", "0.5", "--rr_start", "peak")  # λ = 0 until the peak is declared, then 0.5
+    args = _args(method, *extra, *(("--queue_size", "4") if method == "esimcse" else ()))
     model, tokenizer = _training_model(tiny_bert, args, unpad)
+    rr = RankReduction(model.method, args, total_steps=4)
+    model.method = rr
     accelerator = Accelerator(cpu=True)
     optimizer = make_optimizer(model, 1e-3, 0.0, "cpu")
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     model, optimizer = accelerator.prepare(model, optimizer)
-    for step, rr_weight in enumerate([0.0, 0.5, 0.0, 0.5]):
-        inputs = model.method.views(_batch(tokenizer, SENTENCES[step % 2 * 4:][:4]), step)
+    step = TrainStep(model, optimizer, scheduler, accelerator, 0.05, 1.0)
+    for i, declared in enumerate([False, True, False, True]):
+        rr_weight = rr.begin_step(i, declared, optimizer, scheduler)
+        inputs = rr.method.views(_batch(tokenizer, SENTENCES[i % 2 * 4:][:4]), i)
         before = [p.detach().clone() for p in model.parameters() if p.requires_grad]
-        terms, finite = train_step(model, optimizer, scheduler, accelerator, inputs, 0.05, rr_weight, args.rr_on, 1.0)
+        terms, finite = step(inputs)
         loss, method_loss, vne, grad_norm = terms.tolist()
         assert finite and all(math.isfinite(v) for v in (loss, method_loss, vne, grad_norm))
-        if rr_weight:
-            assert vne > 0 and loss == pytest.approx(method_loss + rr_weight * vne, rel=1e-5)
-        else:
-            assert loss == method_loss
+        assert vne > 0  # measured at every step, also while λ is 0
+        assert loss == pytest.approx(method_loss + rr_weight * vne, rel=1e-5)
         after = [p.detach() for p in model.parameters() if p.requires_grad]
         assert any(not torch.equal(a, b) for a, b in zip(after, before))  # an update was made
 
@@ -129,13 +144,15 @@ def test_a_queue_that_can_never_fill_is_refused(tmp_path, tiny_bert, corpus, fak
 
 
 # ----------------------------------------------------------------------------- two processes
-GLOBAL_BATCH = ("simcse", "mixcse", "promptbert")  # N processes = one process on the global batch
-PER_PROCESS = ("esimcse", "infocse")  # ESimCSE's queue, InfoCSE's BatchNorm: each process's own
+# N processes = one process on the global batch, or (a per-process state: ESimCSE's queue, InfoCSE's
+# BatchNorm statistics) each process its own; the registry says which
+GLOBAL_BATCH = tuple(name for name, method in METHODS.items() if method.ddp_exact)
+PER_PROCESS = tuple(name for name, method in METHODS.items() if not method.ddp_exact)
 
 
 def _step(model, method, tokenizer, sentences, rr_weight=0.5):
-    """Loss (+ RR on the gathered batch) and backward of one batch, as train_step computes them."""
-    from utils.rank import vne_penalty
+    """Loss (+ RR on the gathered batch) and backward of one batch, as the training step computes them."""
+    from utils.rank_reduction import vne_penalty
 
     out = model(method.views(_batch(tokenizer, sentences, pad_to=16), 0), 0.05)
     loss = out.loss + rr_weight * vne_penalty(torch.stack(out.z.chunk(2)), gather=True).mean()

@@ -56,7 +56,8 @@ def test_flags_recipe_and_the_export_embedding(tiny_bert):
     assert PromptBERT.recipe["per_device_train_batch_size"] == 256 and PromptBERT.recipe["learning_rate"] == 1e-5
     assert PromptBERT.recipe["mlp_only_train"] is True and PromptBERT.rr_default == "mlp"
     _, method, _ = _setup(tiny_bert)
-    assert method.eval_embedding() == {"pooler": "mask", "template": T1, "period": True}
+    assert method.eval_embedding() == {"pooler": "mask", "template": T1, "period": True,
+                                       "dev": {"period": False, "denoise": True}}
 
 
 @pytest.mark.parametrize("flag, template, needle", [
@@ -255,15 +256,17 @@ def test_a_sentence_longer_than_the_copies_is_refused(tiny_bert):
 # ----------------------------------------------------------------------------- dev selection
 
 
-def test_dev_embedder_is_template_1_mask_minus_delta_in_eval_mode(tiny_bert):
+def test_dev_embedding_is_template_1_mask_minus_delta_in_eval_mode(tiny_bert):
     from utils.encode import encode
+    from utils.prompt import apply_template
 
     model, method, tokenizer = _setup(tiny_bert)
     model.double().train()  # float64: h - delta is small against h (see the loss test)
-    module, template_fn = method.dev_embedder(model)
+    module, template = method.dev_embedding(model)
     assert model.training and module.training  # encode() restores this mode afterwards
-    assert template_fn(["two dogs"]) == [_text(T1, "two dogs", tokenizer)]  # no period in the dev selection
-    got = encode(module, tokenizer, template_fn(SENTENCES), batch_size=2)
+    assert template == T1
+    assert apply_template(["two dogs"], template, tokenizer.mask_token) == [_text(T1, "two dogs", tokenizer)]
+    got = encode(module, tokenizer, SENTENCES, batch_size=2, template=template)  # no period in the dev selection
     assert model.training
     model.eval()
     with torch.no_grad():
@@ -273,30 +276,3 @@ def test_dev_embedder_is_template_1_mask_minus_delta_in_eval_mode(tiny_bert):
             h = model.encoder(input_ids=ids).last_hidden_state[0, ids[0].tolist().index(tokenizer.mask_token_id)]
             expected = (h - delta[len(tokenizer(s, add_special_tokens=False)["input_ids"])]).float()
             torch.testing.assert_close(row, expected, atol=1e-7, rtol=1e-5)
-
-
-# ----------------------------------------------------------------------------- reading the exports
-
-
-def test_analyze_rank_reads_the_export_embedding_and_the_starting_model_alike(tmp_path):
-    import json
-
-    from analyze_rank import embedding_of, run_sentence_embedding
-    from utils.model import ModelLoadError
-
-    spec = {"pooler": "mask", "template": T1, "period": True}
-    export = tmp_path / "best"
-    export.mkdir()
-    (export / "config.json").write_text(json.dumps({"sentence_pooler": "cls_before_pooler", "sentence_embedding": spec}))
-    start = {"step": 0, "path": "bert-base-uncased", "pooler": "cls_before_pooler", "source": "starting model"}
-    best = {"step": 8, "path": str(export), "pooler": None, "source": "best"}
-    run = {"checkpoints": [start, best]}
-    found = run_sentence_embedding(run)
-    assert found == spec
-    assert embedding_of(best, json.loads((export / "config.json").read_text()), found) == spec
-    assert embedding_of(start, {}, found) == spec  # step 0: the run's embedding, not the bare pooler
-    assert embedding_of(start, {}, None) == {"pooler": "cls_before_pooler", "template": None, "period": False}
-    plain = argparse.Namespace(sentence_pooler="avg")
-    assert embedding_of(best, plain, None) == {"pooler": "avg", "template": None, "period": False}
-    with pytest.raises(ModelLoadError, match="exactly one {mask}"):
-        embedding_of(best, {"sentence_embedding": {"pooler": "mask", "template": "{sentence}"}}, None)

@@ -87,7 +87,7 @@ def test_peak_checkpoint_exports_the_weights_of_the_peak_evaluation(tmp_path, ti
     from safetensors.torch import load_file
 
     from utils.model import SimCSEModel, load_pretrained
-    from utils.phase import PeakCheckpoint
+    from utils.run_folder import PeakCheckpoint
 
     encoder, tokenizer = load_pretrained(str(tiny_bert))
     model = SimCSEModel(encoder, "cls")

@@ -1,153 +1,52 @@
-"""The study's bookkeeping (analyze_rank.py): training runs on disk, their checkpoints, the two phases of
-each run and the comparison of run groups. Pure functions of plain dicts and lists; no model is loaded.
+"""The study's analysis (analyze_rank.py): the two phases of each run and the groups of runs compared. Pure
+functions of plain dicts and lists; no model is loaded.
 
-Phases (Jung et al. 2024), over one run's checkpoints sorted by step: Phase 1 runs from the first
-checkpoint (step 0) to the rank peak, the checkpoint with the highest rank (the earliest on ties:
-`utils.phase.offline_peak`, the function train.py's summary uses); Phase 2 from the peak to the best STS-B
-dev checkpoint (the run's `best/`, training's pick among its evaluations). Both ends belong to the phase.
-A peak at the first checkpoint means no Phase 1, a peak at the last one no Phase 2 yet, and a best
-checkpoint at or before the peak no Phase 2: each is said so, nothing is invented.
+The phases have one definition, `utils.phase.segment`, read here over each run's training log: its eval and
+rank records (dense early, where the rank peaks), with the best checkpoint the one best/ holds. Phase 1 runs
+from the first evaluation to the rank peak, Phase 2 from the peak to the best checkpoint. Quantities only a
+checkpoint gives (the STS test sets, probing) are read at the swept checkpoint at each boundary step, or at the
+nearest one (said so). The report, the checkpoint table and the findings all use these phases.
 """
 
-import hashlib
+import argparse
 import json
 import math
-import os
 
 import numpy as np
 
-from utils.checkpoint import export_dirs
-from utils.phase import describe_peak, offline_peak
-from utils.run_log import MetricsLog
+from utils.phase import describe_peak, segment
+from utils.rank import RANK_METRICS
+from utils.rank_reduction import RankReduction
+from utils.runs import FINISHED, method_of
 
-MIN_POINTS = 4  # fewer checkpoints than this in a phase: no correlation is reported
+MIN_POINTS = 4  # fewer evaluations than this in a phase: no correlation is reported
+# what utils.scoring.score gives and the training log holds; the other metric columns come from checkpoints only
+LOG_METRICS = (*RANK_METRICS, "alignment", "uniformity", "stsb_dev", "sickr_dev")
+CHECKPOINT_PREFIXES = ("sts_test_", "probing_")
+BOUNDARIES = ("start", "peak", "best")
 # Run arguments that do not define a configuration: which seed, where it went, how it was restarted.
 NOT_CONFIG = ("seed", "output_dir", "resume_from_checkpoint")
-# train.py's Rank Reduction settings: left out of a baseline's label (rank_reduction 0), where they do nothing
-RR_ONLY = ("rr_on", "rr_start", "rr_schedule", "rr_decay_steps", "rr_patience")
 
 
-# ----------------------------------------------------------------------------- runs on disk
+def _flags_of(add_arguments) -> tuple:
+    parser = argparse.ArgumentParser(add_help=False)
+    add_arguments(parser)
+    return tuple(vars(parser.parse_args([])))
 
 
-def _read_json(path, notes: list):
-    """The JSON object in `path`; None if there is no such file, or (with a note) if it is not one, e.g.
-    cut short by a kill or a full disk: the run is then read as if the file were missing."""
-    if not os.path.isfile(path):
-        return None
-    try:
-        with open(path, "rb") as f:
-            obj = json.load(f)
-    except ValueError as err:  # JSONDecodeError, UnicodeDecodeError
-        notes.append(f"{path} is not valid JSON ({err}): read as missing")
-        return None
-    if not isinstance(obj, dict):
-        notes.append(f"{path} holds a JSON {type(obj).__name__}, not an object: read as missing")
-        return None
-    return obj
+# train.py's Rank Reduction settings, as the RR object registers them; those after the penalty's own four
+# steer its schedule
+RR_FLAGS = _flags_of(RankReduction.add_arguments)
+SCHEDULE_FLAGS = tuple(f for f in RR_FLAGS if f not in ("rank_reduction", "rr_on", "rr_solver", "rr_start"))
 
 
-def eval_pooler_of(args: dict) -> str:
-    """The pooler train.py evaluates with (utils.model.SimCSEModel.eval_pooler), from the run's args."""
-    if args.get("pooler_type", "cls") == "cls" and args.get("mlp_only_train", True):
-        return "cls_before_pooler"
-    return args.get("pooler_type", "cls")
+def finite(v) -> bool:
+    """A number that is neither NaN nor infinite (None and booleans are not numbers here)."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def load_run(run_dir: str) -> dict:
-    """What analyze_rank.py needs to know about one train.py output folder.
-
-    Returns {"name", "dir", "status" ("finished", train.py's "stopped: ..." or "unfinished" without
-    summary.json), "args" (summary.json's, else a checkpoint's checkpoint.json; None if neither),
-    "seed", "eval_pooler", "best_step" (best/best_metrics.json), "log_peak" (summary's offline peak of the
-    training log, or None), "sts_test" (the avg of run.sh's sts_test.json of best/, or None), "log" (the
-    eval and rank records of metrics.jsonl), "checkpoints" (see `list_checkpoints`), "notes"}.
-    A JSON file that cannot be read is taken as missing, and metrics.jsonl with a bad line other than a
-    cut last one as empty, each with a note. Raises FileNotFoundError where `run_dir` is no train.py
-    output folder.
-    """
-    if not os.path.isfile(os.path.join(run_dir, "metrics.jsonl")):
-        raise FileNotFoundError(f"{run_dir}: not a train.py output folder (no metrics.jsonl)")
-    notes = []
-    summary = _read_json(os.path.join(run_dir, "summary.json"), notes)
-    exports = export_dirs(os.path.join(run_dir, "checkpoints"))
-    args = summary["args"] if summary else None
-    if args is None and exports:
-        args = (_read_json(os.path.join(exports[0][1], "checkpoint.json"), notes) or {}).get("args")
-    best = _read_json(os.path.join(run_dir, "best", "best_metrics.json"), notes)
-    sts_test = _read_json(os.path.join(run_dir, "sts_test.json"), notes)
-    try:  # MetricsLog.read skips a last line cut by a kill (train.py resumes after it) but no other bad line
-        log = MetricsLog(os.path.join(run_dir, "metrics.jsonl")).read()
-    except ValueError as err:
-        notes.append(f"{err}: the training log is left out (no log correlations for this run)")
-        log = []
-    run = {
-        "name": os.path.basename(os.path.normpath(run_dir)),
-        "dir": run_dir,
-        "status": summary["status"] if summary else "unfinished",
-        "args": args,
-        "seed": args.get("seed") if args else None,
-        "eval_pooler": summary["eval_pooler"] if summary else eval_pooler_of(args) if args else None,
-        "best_step": best["step"] if best else None,
-        "log_peak": summary["rank"]["offline_peak"] if summary else None,
-        "sts_test": sts_test.get("avg") if sts_test else None,
-        "log": [r for r in log if r.get("event") in ("eval", "rank")],
-        "notes": notes,
-    }
-    run["checkpoints"] = list_checkpoints(run, exports)
-    return run
-
-
-def list_checkpoints(run: dict, exports=None) -> list[dict]:
-    """[{"step", "path", "pooler", "source"}] sorted by step, one per step: checkpoints/step-NNNNNN/
-    (train.py --save_steps), best/ and peak/ where their step has no export (same weights otherwise), and
-    step 0 from the starting model (args.model_name_or_path with the eval pooler) where no export has it.
-    `pooler` None means: the checkpoint's own config.sentence_pooler. Adds to run["notes"]."""
-    run_dir = run["dir"]
-    if exports is None:
-        exports = export_dirs(os.path.join(run_dir, "checkpoints"))
-    found = {step: {"step": step, "path": path, "pooler": None, "source": os.path.relpath(path, run_dir)}
-             for step, path in exports}
-    for folder, marker in (("best", "best_metrics.json"), ("peak", "peak_step.json")):
-        info = _read_json(os.path.join(run_dir, folder, marker), run["notes"])
-        if info is not None and info["step"] not in found:
-            found[info["step"]] = {"step": info["step"], "path": os.path.join(run_dir, folder), "pooler": None,
-                                   "source": folder}
-    args = run["args"]
-    if 0 not in found:
-        if not args:
-            run["notes"].append("no step-0 checkpoint and no run arguments: the starting model is not swept")
-        elif args.get("pooler_type") == "cls" and not args.get("mlp_only_train", True):
-            run["notes"].append("no step-0 checkpoint: the starting model evaluates through a freshly "
-                                "initialised MLP that only a --save_steps export keeps, so step 0 is not swept")
-        else:
-            found[0] = {"step": 0, "path": args["model_name_or_path"], "pooler": run["eval_pooler"],
-                        "source": "starting model"}
-    if not exports:
-        run["notes"].append("no checkpoints/ exports (train.py --save_steps): only the starting, best and "
-                            "peak checkpoints are swept")
-    return [found[step] for step in sorted(found)]
-
-
-WEIGHT_FILES = (".safetensors", ".bin", ".pt")
-
-
-def weights_fingerprint(path: str) -> str:
-    """A digest of a checkpoint's weights: sha256 over its weight files (names and bytes), so checkpoints
-    that hold the same weights (every run's step-0 export of one starting model, a best/ copied from an
-    export) are measured once. A hub name, or a folder without weight files, is its own fingerprint."""
-    if not os.path.isdir(path):
-        return f"name:{path}"
-    files = sorted(f for f in os.listdir(path) if f.endswith(WEIGHT_FILES))
-    if not files:
-        return f"folder:{os.path.abspath(path)}"
-    digest = hashlib.sha256()
-    for name in files:
-        digest.update(name.encode() + b"\0")
-        with open(os.path.join(path, name), "rb") as f:
-            while chunk := f.read(1 << 22):
-                digest.update(chunk)
-    return digest.hexdigest()
+def _change(start, end):
+    return end - start if finite(start) and finite(end) else None
 
 
 # ----------------------------------------------------------------------------- phases
@@ -158,7 +57,7 @@ def correlation(x, y, min_points: int = MIN_POINTS) -> dict:
     "too few points" where n < min_points, "undefined: constant series" where either is constant."""
     from scipy.stats import kendalltau, spearmanr
 
-    pairs = [(a, b) for a, b in zip(x, y) if _finite(a) and _finite(b)]
+    pairs = [(a, b) for a, b in zip(x, y) if finite(a) and finite(b)]
     out = {"n": len(pairs), "spearman": None, "spearman_p": None, "kendall": None, "kendall_p": None,
            "note": None}
     if len(pairs) < min_points:
@@ -174,73 +73,108 @@ def correlation(x, y, min_points: int = MIN_POINTS) -> dict:
     return out
 
 
-def _finite(v) -> bool:
-    return v is not None and isinstance(v, (int, float)) and math.isfinite(v)
+def log_series(log, rank_key: str = "effective_rank") -> list[dict]:
+    """The evaluations the phases are read from: one record per step (the last written), in step order, those
+    with a finite `rank_key`."""
+    by_step = {r["step"]: r for r in log}
+    return [by_step[s] for s in sorted(by_step) if finite(by_step[s].get(rank_key))]
 
 
-def best_index(steps, stsb_dev, best_step=None) -> tuple:
-    """(index, source): the checkpoint at `best_step` (the run's best/) where it was swept, else the
-    highest STS-B dev (earliest on ties); (None, None) without a finite score."""
+def _full(record) -> bool:
+    """A full evaluation (train.py's `eval` record: best/ is selected among them) with a finite STS-B dev."""
+    return record.get("event", "eval") == "eval" and finite(record.get("stsb_dev"))
+
+
+def best_index(series, best_step=None) -> tuple:
+    """(index, source): the evaluation at `best_step` (the run's best/) where the log has it, else the full
+    evaluation with the highest STS-B dev (earliest on ties); (None, None) without a finite score."""
+    steps = [r["step"] for r in series]
     if best_step is not None and best_step in steps:
         return steps.index(best_step), "best/"
-    finite = [(v, -i) for i, v in enumerate(stsb_dev) if _finite(v)]
-    if not finite:
+    full = [(r["stsb_dev"], -i) for i, r in enumerate(series) if _full(r)]
+    if not full:
         return None, None
-    return -max(finite)[1], "highest swept STS-B dev"
+    return -max(full)[1], "highest logged STS-B dev"
 
 
-def _phase(rows, start, end, metrics, rank_key, log=None) -> dict:
-    first, last = rows[start], rows[end]
-    inside = rows[start : end + 1]
-    phase = {
-        "start_step": first["step"], "end_step": last["step"], "n": len(inside),
+def _phase(series, part: dict, metrics, rank_key: str) -> dict:
+    if "absent" in part:
+        return {"absent": part["absent"]}
+    inside = [series[i] for i in part["indices"]]
+    first, last = inside[0], inside[-1]
+    return {
+        "start_step": part["start_step"], "end_step": part["end_step"], "n": len(inside),
         "start": {m: first.get(m) for m in metrics}, "end": {m: last.get(m) for m in metrics},
-        "delta": {m: last[m] - first[m] if _finite(first.get(m)) and _finite(last.get(m)) else None
-                  for m in metrics},
-        "correlation": correlation([r[rank_key] for r in inside], [r["stsb_dev"] for r in inside]),
+        "delta": {m: _change(first.get(m), last.get(m)) for m in metrics},
+        "correlation": correlation([r[rank_key] for r in inside], [r.get("stsb_dev") for r in inside]),
     }
-    if log is not None:  # the training log's full evaluations in the same step range (denser in Phase 2)
-        evals = [r for r in log if "stsb_dev" in r and first["step"] <= r["step"] <= last["step"]]
-        phase["log_correlation"] = correlation([r.get(rank_key) for r in evals], [r["stsb_dev"] for r in evals])
-    return phase
 
 
-def phase_analysis(rows, rank_key: str = "effective_rank", metrics=None, best_step=None, log=None) -> dict:
-    """Split one run's checkpoint rows (dicts with "step", `rank_key`, "stsb_dev", ... ; any order) into
-    Phase 1 and Phase 2 and describe both.
+def phase_analysis(log, rank_key: str = "effective_rank", best_step=None) -> dict:
+    """Phase 1 and Phase 2 of one run (`utils.phase.segment`) over its training log (eval and rank records, any
+    order), and what they show.
 
-    Returns {"peak": offline_peak of `rank_key` + "description", "best": {"step", "stsb_dev", "source"},
-    "phase1", "phase2"}: a phase is {"start_step", "end_step", "n" (checkpoints, both ends included),
-    "start", "end", "delta" (end - start of every metric), "correlation" (`rank_key` vs STS-B dev over
-    its checkpoints), "log_correlation" (the same over `log`'s full evaluations, where given)} or
-    {"absent": the reason}. `metrics`: the columns whose change is reported (default: every numeric key).
+    Returns {"peak": offline_peak of `rank_key` + "description", "best": {"step", "stsb_dev", "source"}, "last"
+    (the last full evaluation: {"step", "stsb_dev"}), "rank": {"first", "last", "last_step"} (the series' ends),
+    "boundaries": {"start", "peak", "best": the log's record there, or None}, "phase1", "phase2"}: a phase is
+    {"start_step", "end_step", "n" (evaluations, both ends included), "start", "end", "delta" (end - start of
+    every logged metric), "correlation" (`rank_key` vs STS-B dev over its evaluations)} or {"absent": why}.
     """
-    rows = sorted(rows, key=lambda r: r["step"])
-    steps = [r["step"] for r in rows]
-    if metrics is None:
-        metrics = [k for k in rows[0] if k != "step" and isinstance(rows[0][k], (int, float))] if rows else []
-    peak = offline_peak(steps, [r.get(rank_key) for r in rows])
-    peak["description"] = describe_peak(peak, rank_key).replace("evaluation", "checkpoint")  # ours are checkpoints
-    b, source = best_index(steps, [r.get("stsb_dev") for r in rows], best_step)
-    out = {"peak": peak, "best": {"step": steps[b] if b is not None else None,
-                                  "stsb_dev": rows[b]["stsb_dev"] if b is not None else None, "source": source}}
-    p = peak["index"]
-    if p is None:
-        out["phase1"] = out["phase2"] = {"absent": f"no {rank_key} was measured"}
-        return out
-    out["phase1"] = (_phase(rows, 0, p, metrics, rank_key, log) if p > 0 else
-                     {"absent": f"no Phase 1: {rank_key} was highest at the first checkpoint (step {steps[0]})"})
-    if peak["where"] == "end":
-        out["phase2"] = {"absent": f"no Phase 2 yet: {rank_key} was still highest at the last checkpoint "
-                                   f"(step {steps[p]})"}
-    elif b is None:
-        out["phase2"] = {"absent": "no Phase 2: no STS-B dev score"}
-    elif b <= p:
-        out["phase2"] = {"absent": f"no Phase 2: the best STS-B dev checkpoint (step {steps[b]}) "
-                                   f"{'is' if b == p else 'comes before'} the rank peak (step {steps[p]})"}
-    else:
-        out["phase2"] = _phase(rows, p, b, metrics, rank_key, log)
-    return out
+    series = log_series(log, rank_key)
+    steps = [r["step"] for r in series]
+    b, source = best_index(series, best_step)
+    parts = segment(steps, [r[rank_key] for r in series], steps[b] if b is not None else None)
+    peak = {**parts["peak"], "description": describe_peak(parts["peak"], rank_key)}
+    metrics = [m for m in LOG_METRICS if any(m in r for r in series)]
+    full = sorted((r for r in log if _full(r)), key=lambda r: r["step"])
+    at = {"start": 0 if series else None, "peak": peak["index"], "best": b}
+    return {
+        "peak": peak,
+        "best": {"step": steps[b] if b is not None else None,
+                 "stsb_dev": series[b]["stsb_dev"] if b is not None else None, "source": source},
+        "last": {"step": full[-1]["step"] if full else None, "stsb_dev": full[-1]["stsb_dev"] if full else None},
+        "rank": {"first": series[0][rank_key], "last": series[-1][rank_key], "last_step": steps[-1]} if series
+        else {"first": None, "last": None, "last_step": None},
+        "boundaries": {k: {"step": steps[i], **{m: series[i].get(m) for m in metrics}} if i is not None else None
+                       for k, i in at.items()},
+        "phase1": _phase(series, parts["phase1"], metrics, rank_key),
+        "phase2": _phase(series, parts["phase2"], metrics, rank_key),
+    }
+
+
+def nearest(steps, step):
+    """The step of `steps` closest to `step` (the earlier on ties), or None."""
+    return min(steps, key=lambda s: (abs(s - step), s), default=None) if step is not None else None
+
+
+def boundary_checkpoints(phases: dict, steps) -> dict:
+    """{"start", "peak", "best": the checkpoint step (of `steps`) its quantities are read at, or None}."""
+    return {k: nearest(steps, (phases["boundaries"][k] or {}).get("step")) for k in BOUNDARIES}
+
+
+def add_checkpoint_metrics(phases: dict, rows: list) -> list[str]:
+    """Adds the checkpoint-only quantities of `rows` (a run's swept checkpoints: STS test, probing) at each phase
+    boundary: phases["checkpoints"] = {"start", "peak", "best": {"step" (the checkpoint read), values} or None},
+    and their change over each present phase to its "start", "end" and "delta" (None where both ends read the
+    same checkpoint). Returns a note for each boundary read at another step."""
+    metrics = sorted({k for r in rows for k in r if k.startswith(CHECKPOINT_PREFIXES)})
+    by_step = {r["step"]: r for r in rows}
+    read = boundary_checkpoints(phases, by_step)
+    phases["checkpoints"] = {k: {"step": s, **{m: by_step[s].get(m) for m in metrics}} if s is not None else None
+                             for k, s in read.items()}
+    for key, (a, b) in (("phase1", ("start", "peak")), ("phase2", ("peak", "best"))):
+        phase = phases[key]
+        if "absent" in phase or not metrics:
+            continue
+        first, last = phases["checkpoints"][a] or {}, phases["checkpoints"][b] or {}
+        phase["checkpoint_steps"] = [first.get("step"), last.get("step")]
+        for m in metrics:
+            phase["start"][m], phase["end"][m] = first.get(m), last.get(m)
+            same = first.get("step") == last.get("step")
+            phase["delta"][m] = None if same else _change(first.get(m), last.get(m))
+    return [f"the {k} (step {phases['boundaries'][k]['step']}): STS test and probing read at the nearest swept "
+            f"checkpoint, step {s}" for k, s in read.items()
+            if metrics and s is not None and s != phases["boundaries"][k]["step"]]
 
 
 def phase_labels(steps, peak_step, best_step) -> list[str]:
@@ -274,27 +208,26 @@ def config_key(args) -> str:
                        and not (k == "method" and v == "simcse")}, sort_keys=True)
 
 
-def method_label(args) -> str:
-    """The name of a run's method ("SimCSE" for runs from before train.py had --method, or without args)."""
-    from utils.methods import METHODS
-
-    return METHODS[(args or {}).get("method") or "simcse"].label
+def group_kind(args: dict | None) -> str:
+    """"baseline", "rr" (a constant weight) or "rr-schedule" from a run's arguments."""
+    if not args or not (args.get("rank_reduction") or 0) > 0:
+        return "baseline"
+    return "rr" if args.get("rr_schedule", "constant") == "constant" else "rr-schedule"
 
 
 def group_runs(runs) -> list[dict]:
-    """Runs with the same configuration, in first-seen order: [{"key", "label", "differs", "runs"}].
+    """Runs with the same configuration, in first-seen order: [{"key", "label", "kind", "differs", "runs"}].
 
     "differs": the args whose values tell this group from the others; "label": "baseline" or "RR λ=w"
     (by rank_reduction), plus `name=value` for every other differing arg. Where the runs are of several
-    methods, or of one other than SimCSE, the label starts with the method's name ("ESimCSE",
-    "ESimCSE + RR λ=0.1"); an arg is named only where it differs between runs of the same method (its own
-    flags and its recipe's batch, lr and epochs are part of the method's name). Runs without args each form
-    their own group, labelled by the run's name."""
-
+    methods, or of one other than SimCSE, the label starts with the method's name (`utils.runs.method_of`:
+    "ESimCSE", "ESimCSE + RR λ=0.1"); an arg is named only where it differs between runs of the same method
+    (its own flags and its recipe's batch, lr and epochs are part of the method's name). Runs without args
+    each form their own group, labelled by the run's name."""
     groups = {}
     for run in runs:
         key = config_key(run["args"]) if run["args"] else f"run:{run['dir']}"
-        groups.setdefault(key, {"key": key, "runs": []})["runs"].append(run)
+        groups.setdefault(key, {"key": key, "kind": group_kind(run["args"]), "runs": []})["runs"].append(run)
     groups = list(groups.values())
     configs = [json.loads(g["key"]) if not g["key"].startswith("run:") else None for g in groups]
     names = sorted({k for c in configs if c for k in c})
@@ -310,9 +243,9 @@ def group_runs(runs) -> list[dict]:
         same_method = [c for c in configs if c and (c.get("method") or "simcse") == method]
         parts = ["baseline" if weight == 0 else f"RR λ={weight:g}"]
         if methods != {"simcse"}:
-            parts = [method_label(config) + ("" if weight == 0 else f" + RR λ={weight:g}")]
+            parts = [method_of(group["runs"][0]) + ("" if weight == 0 else f" + RR λ={weight:g}")]
         parts += [f"{k}={config.get(k)}" for k in differing if k not in ("rank_reduction", "method")
-                  and not (k in RR_ONLY and weight == 0)  # RR's settings mean nothing without RR
+                  and not (k in RR_FLAGS and weight == 0)  # RR's settings mean nothing without RR
                   and not (k == "rr_schedule" and config.get(k) == "constant")
                   and len({json.dumps(c.get(k)) for c in same_method}) > 1]
         group["label"] = ", ".join(parts)
@@ -323,28 +256,57 @@ def group_runs(runs) -> list[dict]:
     return groups
 
 
+def _config_less(group: dict, free) -> dict | None:
+    if group["key"].startswith("run:"):
+        return None
+    return {k: v for k, v in json.loads(group["key"]).items() if k not in free}
+
+
+def counterpart(group: dict, candidates: list, free, what: str, settings: str) -> tuple[dict | None, str | None]:
+    """(the group of `candidates` whose configuration differs from `group`'s in the `free` args alone, None), or
+    (None, why there is none). Where several do, the one that agrees with `group` on most `free` args; a tie
+    is said, never broken by the order of the runs. `what`, `settings`: the candidates' and the free args'
+    names, for the reason."""
+    own = _config_less(group, free)
+    same = [c for c in candidates if own is not None and _config_less(c, free) == own]
+    if not same:
+        return None, f"no {what} group differs from it in {settings} alone"
+    config = json.loads(group["key"])
+    agree = {c["label"]: sum(json.loads(c["key"]).get(k) == config.get(k) for k in free) for c in same}
+    top = max(agree.values())
+    best = [c for c in same if agree[c["label"]] == top]
+    if len(best) > 1:
+        return None, f"several {what} groups differ from it in {settings} alone: " + \
+            ", ".join(sorted(c["label"] for c in best))
+    return best[0], None
+
+
 def mean_std(values) -> dict:
     """{"mean", "std" (sample, ddof=1; None for n < 2), "n", "values"} of the finite values."""
-    values = [float(v) for v in values if _finite(v)]
+    values = [float(v) for v in values if finite(v)]
     return {"mean": float(np.mean(values)) if values else None,
             "std": float(np.std(values, ddof=1)) if len(values) > 1 else None,
             "n": len(values), "values": values}
 
 
 def group_stats(group, results: dict, rank_key: str) -> dict:
-    """Mean ± std over one group's runs. `results`: {run name: {"phases": phase_analysis output,
-    "sts_test": float or None}}. The rank-peak step is averaged over interior peaks only (a peak at the
-    first or last checkpoint is no peak); the peak rank over all runs."""
+    """Mean ± std over one group's runs. `results`: {run name: {"phases": phase_analysis output, "sts_test":
+    float or None, "compute": utils.runs.compute_of output (optional)}}. The rank-peak step is averaged over
+    interior peaks only (a peak at the first or last evaluation is no peak); the peak rank over all runs."""
     names = [r["name"] for r in group["runs"]]
     phases = [results[n]["phases"] for n in names]
+    compute = [results[n].get("compute") or {} for n in names]
     interior = [p["peak"] for p in phases if p["peak"]["where"] == "interior"]
     return {
-        "label": group["label"], "differs": group["differs"], "runs": names,
-        "seeds": [r["seed"] for r in group["runs"]],
-        "unfinished": [r["name"] for r in group["runs"] if r["status"] != "finished"],
+        "label": group["label"], "kind": group["kind"], "method": method_of(group["runs"][0]),
+        "differs": group["differs"], "runs": names, "seeds": [r["seed"] for r in group["runs"]],
+        "unfinished": [r["name"] for r in group["runs"] if r["status"] not in FINISHED],
         "best_stsb_dev": mean_std([p["best"]["stsb_dev"] for p in phases]),
         "sts_test_avg": mean_std([results[n]["sts_test"] for n in names]),
         "best_step": mean_std([p["best"]["step"] for p in phases]),
+        "best_seconds": mean_std([c.get("best_train_seconds") for c in compute]),
+        "steps": mean_std([c.get("steps") for c in compute]),
+        "train_seconds": mean_std([c.get("train_seconds") for c in compute]),
         "peak_step": mean_std([p["step"] for p in interior]),
         "interior_peaks": len(interior),
         f"peak_{rank_key}": mean_std([p["peak"]["value"] for p in phases]),
@@ -353,9 +315,9 @@ def group_stats(group, results: dict, rank_key: str) -> dict:
 
 def band(rows_per_run, metric: str) -> dict:
     """Mean, std and min/max of `metric` over runs at every step all runs have it: rows_per_run is one
-    list of checkpoint rows per run. Returns {"steps", "mean", "std" (sample; 0 with one run), "min",
-    "max"} as lists (the overlay plot's curve and band)."""
-    tables = [{r["step"]: r.get(metric) for r in rows if _finite(r.get(metric))} for rows in rows_per_run]
+    list of records (dicts with "step") per run. Returns {"steps", "mean", "std" (sample; 0 with one run),
+    "min", "max"} as lists (the overlay plot's curve and band)."""
+    tables = [{r["step"]: r.get(metric) for r in rows if finite(r.get(metric))} for rows in rows_per_run]
     common = sorted(set.intersection(*(set(t) for t in tables))) if tables else []
     if not common:
         return {"steps": [], "mean": [], "std": [], "min": [], "max": []}

@@ -36,18 +36,10 @@ runs on one thread (see `_one_thread_on_cpu`).
 `fit_sklearn` is the same protocol with scikit-learn's `LogisticRegression` fitted model by model (the
 reference for tests and `bench_transfer.py`; scikit-learn is a test/benchmark dependency only).
 
-Checked against SentEval's code (senteval/tools/classifier.py, validation.py). Two minibatch details are
-matched; their effect on all-MiniLM-L6-v2 (avg) features of MR, CR, SST2, TREC and MRPC, mean ± std over
-seeds (fasttest 20, test 10):
-- SentEval's last, smaller minibatch of each pass (`permutation[i:i + batch_size]`), right before the
-  early-stopping check. With equal-size batches instead, fasttest TREC scored 90.0 ± 0.6 (dev 85.4)
-  against 88.9 ± 1.2 (dev 85.2) with it, SST2 dev 80.9 against 80.5; other tasks, and every task in the
-  test setting, moved by less than the seed-to-seed spread.
-- SentEval fits the final model (train less a random 5%) on its own, `batch_size` rows a step. In the
-  cross-validation's batch it got ~147 rows a step in fasttest (the shared batch is sized for the mean
-  model: 128 x 0.95 / 0.825 for 5-fold, 0.95 of the rows against 0.8; fewer as the cross-validation
-  models stop), 67 instead of 64 in test, and the cross-validation models ~124 instead of 128. As a
-  second batch: fasttest dev TREC 84.8 (85.2 before), MR 76.1 (76.2); accuracies within the spread.
+Checked against SentEval's code (senteval/tools/classifier.py, validation.py): SentEval's last, smaller
+minibatch of each pass (right before the early-stopping check) is kept, and its final model (train less a
+random 5 %) is fitted on its own rows, not in the cross-validation's batch. docs/differences.md gives their
+measured effect.
 """
 
 import contextlib
@@ -199,8 +191,8 @@ def _device(device) -> torch.device:
 @contextlib.contextmanager
 def _one_thread_on_cpu(device: torch.device):
     """The trainer's steps are many small operations: on CPU, torch's intra-op threads cost more in
-    synchronisation than they save (this project's 2-core machine, idle: MR in --mode test 8 s on one
-    thread, 53 s on two). So it runs on one thread, and restores the caller's setting afterwards."""
+    synchronisation than they save (docs/speed.md). So it runs on one thread, and restores the caller's
+    setting afterwards."""
     if device.type != "cpu":
         yield
         return

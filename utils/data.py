@@ -5,9 +5,11 @@ step to continue on the exact next batch, and N processes together see the same 
 process would (each takes its slice), so the loss does not depend on the process count.
 """
 
+import itertools
 import os
 import sys
 
+import numpy as np
 import torch
 
 
@@ -132,7 +134,7 @@ class SentenceBatches:
 
     def __call__(self, step: int) -> dict:
         """Tokenized shard of global step `step`: input_ids, attention_mask (, token_type_ids)."""
-        # Tokenizers read the whole text before truncating (a 20 MB line: 3.6 GB, 24 s), so lines are cut
+        # Tokenizers read the whole text before truncating (a 20 MB line takes gigabytes), so lines are cut
         # at CHARS_PER_TOKEN characters a token first. A line within that budget is passed whole (tokens
         # unchanged); a longer one keeps its first max_length tokens unless its first `budget` characters
         # hold fewer, over CHARS_PER_TOKEN characters a token: long runs of white space or of characters
@@ -141,3 +143,17 @@ class SentenceBatches:
         texts = [self.sentences[i][:budget] for i in self.indices(step)]
         return dict(self.tokenizer(texts, padding=self.padding, truncation=True,
                                    max_length=self.max_length, return_tensors="pt"))
+
+
+def pad_batch(columns: dict, rows, pad_id: int) -> dict:
+    """Right-pad rows `rows` of tokenized columns ({'input_ids': [[...], ...], ...}) into (len(rows), longest)
+    int64 tensors, in one vectorised copy per column (a Python loop per row costs more than a small model)."""
+    lengths = np.fromiter((len(columns["input_ids"][i]) for i in rows), dtype=np.int64, count=len(rows))
+    filled = np.arange(lengths.max()) < lengths[:, None]  # row-major: each row's tokens in order
+    batch = {}
+    for key, column in columns.items():
+        out = np.full(filled.shape, pad_id if key == "input_ids" else 0, dtype=np.int64)
+        out[filled] = np.fromiter(itertools.chain.from_iterable(column[i] for i in rows), dtype=np.int64,
+                                  count=int(lengths.sum()))
+        batch[key] = torch.from_numpy(out)
+    return batch

@@ -14,81 +14,15 @@ before tokenizing (`apply_template`); a checkpoint records the one it is read wi
 
 import argparse
 import contextlib
-import itertools
 
 import numpy as np
 import torch
 
-from utils.pooling import POOLERS
+from utils.data import pad_batch
+from utils.prompt import apply_template
 
 # tokens per batch on a GPU = batch_size x this (padded length): 128 sentences of 64 tokens, 512 of 16
 GPU_TOKENS_PER_ROW = 64
-
-
-# PromptBERT's test-time rule (its evaluation.py; issue #22: worth ~5 points): a '.' ends every sentence
-# that ends in none of these
-SENTENCE_ENDS = ".?\"'"
-
-
-def template_problem(template: str, need_mask: bool = True) -> str | None:
-    """What is wrong with a text template (placeholders {sentence} and {mask}), or None."""
-    if template.count("{sentence}") != 1:
-        return f"needs exactly one {{sentence}} (where the sentence goes), got {template!r}"
-    if need_mask and template.count("{mask}") != 1:
-        return f"needs exactly one {{mask}} (the [MASK] whose state is the embedding), got {template!r}"
-    return None
-
-
-def split_template(template: str, mask_token: str | None) -> tuple[str, str]:
-    """The text before and after {sentence}, with {mask} made the tokenizer's `mask_token`."""
-    problem = template_problem(template, need_mask=False)
-    if problem:
-        raise ValueError(f"template {problem}")
-    if "{mask}" in template and mask_token is None:
-        raise ValueError(f"template {template!r} has a {{mask}} and the tokenizer has no mask token")
-    before, after = template.split("{sentence}")
-    return before.replace("{mask}", mask_token or ""), after.replace("{mask}", mask_token or "")
-
-
-def add_period(sentence: str) -> str:
-    """The sentence with '.' appended unless it is empty or ends in one of SENTENCE_ENDS."""
-    return sentence + "." if sentence and sentence[-1] not in SENTENCE_ENDS else sentence
-
-
-def apply_template(sentences, template: str | None, mask_token: str | None = None, period: bool = False) -> list:
-    """Each sentence put in `template` ({sentence}, {mask} -> `mask_token`), after `add_period` when `period`;
-    template None: the sentences themselves (with the period rule). The sentence text is inserted as it is:
-    braces in it are never read as placeholders."""
-    sentences = [add_period(s) for s in sentences] if period else list(sentences)
-    if template is None:
-        return sentences
-    before, after = split_template(template, mask_token)
-    return [before + s + after for s in sentences]
-
-
-def sentence_embedding_of(config) -> dict | None:
-    """A checkpoint's `config.sentence_embedding` ({"pooler", "template", "period"}, written at export by
-    methods whose evaluation embedding is not a plain pooler), checked and completed; None when absent.
-    `config`: a transformers config or config.json's dict. ValueError names what is malformed."""
-    spec = config.get("sentence_embedding") if isinstance(config, dict) else getattr(config, "sentence_embedding", None)
-    if not spec:
-        return None
-    if not isinstance(spec, dict) or spec.get("pooler") not in POOLERS:
-        raise ValueError(f"config.json: sentence_embedding {spec!r} needs a 'pooler', one of {', '.join(POOLERS)}")
-    template, period = spec.get("template"), spec.get("period", False)
-    if template is not None:
-        problem = template_problem(template, need_mask=spec["pooler"] == "mask") if isinstance(template, str) \
-            else f"must be a string, got {template!r}"
-        if problem:
-            raise ValueError(f"config.json: sentence_embedding template {problem}")
-    if not isinstance(period, bool):
-        raise ValueError(f"config.json: sentence_embedding period must be true or false, got {period!r}")
-    return {"pooler": spec["pooler"], "template": template, "period": period}
-
-
-def describe_template(template: str | None, period: bool) -> str:
-    """For logs: the template (or none), and whether the '.' rule is on."""
-    return (f"template {template!r}" if template else "no template") + (", '.' added where missing" if period else "")
 
 
 def default_max_length(tokenizer, config) -> int:
@@ -125,20 +59,6 @@ def autocast_for(device: torch.device):
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
-
-
-def pad_batch(columns: dict, rows, pad_id: int) -> dict:
-    """Right-pad rows `rows` of tokenized columns ({'input_ids': [[...], ...], ...}) into (len(rows), longest)
-    int64 tensors, in one vectorised copy per column (a Python loop per row costs more than a small model)."""
-    lengths = np.fromiter((len(columns["input_ids"][i]) for i in rows), dtype=np.int64, count=len(rows))
-    filled = np.arange(lengths.max()) < lengths[:, None]  # row-major: each row's tokens in order
-    batch = {}
-    for key, column in columns.items():
-        out = np.full(filled.shape, pad_id if key == "input_ids" else 0, dtype=np.int64)
-        out[filled] = np.fromiter(itertools.chain.from_iterable(column[i] for i in rows), dtype=np.int64,
-                                  count=int(lengths.sum()))
-        batch[key] = torch.from_numpy(out)
-    return batch
 
 
 def length_batches(lengths, batch_size: int, max_tokens: int | None = None) -> list:

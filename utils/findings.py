@@ -1,9 +1,11 @@
 """The paper's findings (Jung et al. 2024), judged on the user's runs: measured numbers, a statistic and a
 verdict for each claim, computed from the runs alone (analyze_rank.py's findings table).
 
-Phases come from each run's training log (train.py's dense rank evaluations, which also score STS-B dev):
-Phase 1 = step 0 → the rank peak (`utils.phase.offline_peak` of the log), Phase 2 = the peak → the best
-STS-B dev evaluation (best/). The score a run ends with is its last full evaluation.
+The phases are `utils.analysis.phase_analysis`'s (utils.phase.segment over each run's training log, to the
+best checkpoint best/), the phases of the report; the score a run ends with is its last full evaluation.
+Each RR group is compared with the baseline group that differs from it in the RR settings alone
+(`utils.analysis.counterpart`: model, method, data and recipe equal), each schedule group with the constant-RR
+group that differs from it in the schedule settings alone; where there is none, the row says so.
 
 Verdicts: "holds", "does not hold", or "not enough runs" where fewer than MIN_RUNS runs (per group, for a
 comparison) can be judged, so that nothing passes or fails on one or two seeds. Thresholds:
@@ -14,26 +16,30 @@ comparison) can be judged, so that nothing passes or fails on one or two seeds. 
 2. Alignment and uniformity move differently in the two phases: for each of the two, the change over
    Phase 1 has one sign in every run, the change over Phase 2 the other sign in every run.
 3. Probing changes differently across the phases: as 2, per probing task, at the checkpoints of the
-   phase boundaries (the sweep's step 0, rank peak and best); holds when at least half the tasks do.
+   phase boundaries (step 0, rank peak and best); holds when at least half the tasks do.
 4. Rank and STS-B dev correlate with different signs in the two phases: Spearman ρ (and Kendall τ) over
    the log's evaluations of each phase (at least utils.analysis.MIN_POINTS each); holds when ρ > 0 in
    Phase 1 and ρ < 0 in Phase 2 in at least SHARE of the runs.
-5. RR improves performance, speed and stability, each RR group against the baseline: best STS-B dev and STS
-   test avg higher, steps to the best fewer: Welch's t-test (p < ALPHA, and the difference in the claimed
-   direction); the exact permutation test of the difference of means is reported beside it (with 3 + 3
-   seeds it has 20 arrangements, so its p is never below 0.1). Stability is the spread over seeds (sample
-   std): judged by the Brown-Forsythe test only with at least MIN_RUNS_SPREAD runs per group; with fewer,
-   the ratio of two sample stds has a 95 % interval spanning more than ten-fold, so no verdict is given.
+5. RR improves performance, speed and stability: best STS-B dev and STS test avg higher, steps and training
+   seconds to the best fewer: Welch's t-test (p < ALPHA, and the difference in the claimed direction); the
+   exact permutation test of the difference of means is reported beside it (with 3 + 3 seeds it has 20
+   arrangements, so its p is never below 0.1). Stability is the spread over seeds (sample std): judged by
+   the Brown-Forsythe test only with at least MIN_RUNS_SPREAD runs per group; with fewer, the ratio of two
+   sample stds has a 95 % interval spanning more than ten-fold, so no verdict is given.
 6. Beyond the paper, an RR schedule keeps RR's gain without the late collapse: mean (best − last) STS-B
    dev ≤ LATE_DROP_MAX and mean best ≥ the constant-RR group's mean best.
+7. Beyond the paper, RR spends less compute: the steps and training seconds a run took in all (with
+   train.py's early stop, the run ends at its stall) fewer than the baseline's, as in 5; the measured line
+   gives RR's as a fraction of the baseline's mean.
 """
 
 import math
 
 import numpy as np
 
-from utils.analysis import MIN_POINTS, correlation, mean_std
-from utils.phase import offline_peak
+from utils.analysis import (MIN_POINTS, RR_FLAGS, SCHEDULE_FLAGS, correlation, counterpart, finite, mean_std,
+                            phase_analysis)
+from utils.runs import method_of
 
 MIN_RUNS = 3  # runs (per group) a verdict needs
 MIN_RUNS_SPREAD = 5  # runs per group a comparison of spreads needs
@@ -43,54 +49,6 @@ ALPHA = 0.05
 LATE_DROP_MAX = 0.3  # STS-B dev points a run may lose between its best and its end
 
 HOLDS, FAILS, TOO_FEW = "holds", "does not hold", "not enough runs"
-
-
-def _finite(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-# ----------------------------------------------------------------------------- one run's training log
-
-
-def trajectory(run: dict, rank_key: str = "effective_rank") -> dict:
-    """One run's log reduced to what the findings read: {"steps", "rank", "stsb_dev", "alignment",
-    "uniformity"} (lists over the eval and rank records, sorted by step), "peak" (offline_peak of the rank),
-    "best_step", "best" and "last" (the STS-B dev of the best and of the last full evaluation)."""
-    by_step = {r["step"]: r for r in sorted(run["log"], key=lambda r: r["step"]) if _finite(r.get(rank_key))}
-    steps = sorted(by_step)
-    col = lambda key: [by_step[s].get(key) for s in steps]  # noqa: E731
-    out = {"steps": steps, "rank": col(rank_key), "stsb_dev": col("stsb_dev"), "alignment": col("alignment"),
-           "uniformity": col("uniformity")}
-    out["peak"] = offline_peak(steps, out["rank"])
-    full = [r for r in run["log"] if r.get("event") == "eval" and _finite(r.get("stsb_dev"))]
-    full.sort(key=lambda r: r["step"])
-    best = next((r for r in full if r["step"] == run.get("best_step")), None)
-    if best is None and full:
-        best = max(full, key=lambda r: (r["stsb_dev"], -r["step"]))
-    out["best_step"] = best["step"] if best else None
-    out["best"] = best["stsb_dev"] if best else None
-    out["last"] = full[-1]["stsb_dev"] if full else None
-    out["last_step"] = full[-1]["step"] if full else None
-    return out
-
-
-def _phase_points(t: dict, phase: int) -> list[int]:
-    """Indices of the log points of Phase 1 (0 → peak) or Phase 2 (peak → best), both ends included; [] when
-    that phase is absent."""
-    p = t["peak"]["index"]
-    if p is None or t["best_step"] is None:
-        return []
-    if phase == 1:
-        return list(range(p + 1)) if p > 0 else []
-    end = max((i for i, s in enumerate(t["steps"]) if s <= t["best_step"]), default=-1)
-    return list(range(p, end + 1)) if end > p else []
-
-
-def _delta(t: dict, key: str, phase: int):
-    idx = _phase_points(t, phase)
-    if not idx or not (_finite(t[key][idx[0]]) and _finite(t[key][idx[-1]])):
-        return None
-    return t[key][idx[-1]] - t[key][idx[0]]
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -105,13 +63,13 @@ def _share_verdict(flags: list, what: str) -> tuple[str, str]:
 
 
 def _signs(values) -> str:
-    v = [x for x in values if _finite(x)]
+    v = [x for x in values if finite(x)]
     return f"+{sum(x > 0 for x in v)}/−{sum(x < 0 for x in v)}"
 
 
 def _flips(d1: list, d2: list) -> bool:
     """Phase 1 changes all of one sign, Phase 2 changes all of the other (every run, no zero)."""
-    if not d1 or not d2 or not all(_finite(x) and x != 0 for x in d1 + d2):
+    if not d1 or not d2 or not all(finite(x) and x != 0 for x in d1 + d2):
         return False
     s1, s2 = {x > 0 for x in d1}, {x > 0 for x in d2}
     return len(s1) == 1 and len(s2) == 1 and s1 != s2
@@ -128,7 +86,7 @@ def compare_means(a, b) -> dict:
     two-sided, of two small samples."""
     from scipy.stats import permutation_test, ttest_ind
 
-    a, b = [float(x) for x in a if _finite(x)], [float(x) for x in b if _finite(x)]
+    a, b = [float(x) for x in a if finite(x)], [float(x) for x in b if finite(x)]
     out = {"n": [len(a), len(b)], "diff": None, "welch_t": None, "welch_p": None, "permutation_p": None}
     if not a or not b:
         return out
@@ -151,7 +109,7 @@ def compare_spreads(a, b) -> dict:
     """The sample stds of two samples, their ratio b / a, and the Brown-Forsythe test (Levene, median)."""
     from scipy.stats import levene
 
-    a, b = [float(x) for x in a if _finite(x)], [float(x) for x in b if _finite(x)]
+    a, b = [float(x) for x in a if finite(x)], [float(x) for x in b if finite(x)]
     sa = float(np.std(a, ddof=1)) if len(a) > 1 else None
     sb = float(np.std(b, ddof=1)) if len(b) > 1 else None
     out = {"n": [len(a), len(b)], "std": [sa, sb], "ratio": sb / sa if sa and sb is not None else None, "p": None}
@@ -160,46 +118,42 @@ def compare_spreads(a, b) -> dict:
     return out
 
 
-# ----------------------------------------------------------------------------- groups
-
-
-def group_kind(args: dict | None) -> str:
-    """"baseline", "rr" (a constant weight) or "rr-schedule" from a run's arguments."""
-    if not args or not (args.get("rank_reduction") or 0) > 0:
-        return "baseline"
-    return "rr" if args.get("rr_schedule", "constant") == "constant" else "rr-schedule"
-
-
 # ----------------------------------------------------------------------------- the findings
 
 
-def judge(runs: list, groups: list, sweep_phases: dict | None = None, rank_key: str = "effective_rank") -> dict:
-    """The findings table. runs: utils.analysis.load_run dicts; groups: utils.analysis.group_runs output;
-    sweep_phases: {run name: utils.analysis.phase_analysis of its checkpoint sweep} (probing deltas).
+def judge(runs: list, groups: list, phases: dict | None = None, rank_key: str = "effective_rank") -> dict:
+    """The findings table. runs: utils.runs.load_run dicts ("sts_test": the STS test avg of the best checkpoint);
+    groups: utils.analysis.group_runs output; phases: {run name: utils.analysis.phase_analysis output, with the
+    checkpoint quantities where swept} (default: from each run's log).
 
     Findings 1-4 are judged on the baseline runs (the fine-tuning the paper analyses) where there are any,
-    else on all runs; finding 5 compares every RR group with the baseline group, 6 every schedule group with
-    the constant-RR group. Returns {"findings": [{"id", "claim", "measured", "statistic", "verdict",
-    "why", "detail"}], "judged_on", "thresholds"}."""
-    traj = {r["name"]: trajectory(r, rank_key) for r in runs}
-    kinds = {g["label"]: group_kind(g["runs"][0]["args"]) for g in groups}
-    baseline_groups = [g for g in groups if kinds[g["label"]] == "baseline"]
-    judged = [r["name"] for g in baseline_groups for r in g["runs"]] or [r["name"] for r in runs]
-    sweep_phases = sweep_phases or {}
-    findings = [
-        _rank_peak(judged, traj),
-        _align_uniform(judged, traj),
-        _probing(judged, sweep_phases),
-        _correlation(judged, traj),
-    ]
-    base = baseline_groups[0] if baseline_groups else None
-    runs_by_name = {r["name"]: r for r in runs}
-    findings += _rr_improves(groups, kinds, base, traj, runs_by_name)
-    findings += _schedule(groups, kinds, traj)
+    else on all runs; 5 and 7 compare every RR group with its baseline, 6 every schedule group with its
+    constant-RR group. Returns {"findings": [{"id", "claim", "measured", "statistic", "verdict", "why",
+    "detail"}], "judged_on", "thresholds"}."""
+    if phases is None:
+        phases = {r["name"]: phase_analysis(r["log"], rank_key, r["best_step"]) for r in runs}
+    baselines = [g for g in groups if g["kind"] == "baseline"]
+    judged = [r["name"] for g in baselines for r in g["runs"]] or [r["name"] for r in runs]
+    findings = [_rank_peak(judged, phases), _align_uniform(judged, phases), _probing(judged, phases),
+                _correlation(judged, phases)]
+    values = {r["name"]: _run_values(r, phases[r["name"]]) for r in runs}
+    findings += _rr_improves(groups, baselines, values)
+    findings += _schedule(groups, values)
+    findings += _compute(groups, baselines, values)
     return {"findings": findings, "judged_on": judged,
             "thresholds": {"min_runs": MIN_RUNS, "min_runs_spread": MIN_RUNS_SPREAD, "share": SHARE,
                            "fall_min": FALL_MIN, "alpha": ALPHA, "late_drop_max": LATE_DROP_MAX,
                            "min_points": MIN_POINTS}}
+
+
+def _run_values(run: dict, ph: dict) -> dict:
+    """What findings 5-7 compare, of one run."""
+    compute = run.get("compute") or {}
+    best, last = ph["best"]["stsb_dev"], ph["last"]["stsb_dev"]
+    return {"best": best, "sts_test": run.get("sts_test"), "best_step": ph["best"]["step"],
+            "best_seconds": compute.get("best_train_seconds"), "steps": compute.get("steps"),
+            "train_seconds": compute.get("train_seconds"),
+            "drop": best - last if finite(best) and finite(last) else None}
 
 
 def _finding(id_, claim, measured, statistic, verdict, why, detail) -> dict:
@@ -207,18 +161,17 @@ def _finding(id_, claim, measured, statistic, verdict, why, detail) -> dict:
             "why": why, "detail": detail}
 
 
-def _rank_peak(names, traj) -> dict:
+def _rank_peak(names, phases) -> dict:
     per_run, flags = {}, []
     for n in names:
-        t = traj[n]
-        peak = t["peak"]
+        peak, rank = phases[n]["peak"], phases[n]["rank"]
         if peak["index"] is None:
             continue
-        start, top, end = t["rank"][0], peak["value"], t["rank"][-1]
+        start, top, end = rank["first"], peak["value"], rank["last"]
         fall = top - end
         shows = peak["where"] == "interior" and top > start and fall >= FALL_MIN * abs(top)
         per_run[n] = {"peak_step": peak["step"], "where": peak["where"], "rise": top - start, "fall": fall,
-                      "last_step": t["steps"][-1], "shows": shows}
+                      "last_step": rank["last_step"], "shows": shows}
         flags.append(shows)
     verdict, why = _share_verdict(flags, "peak inside the run and fall after it")
     steps = mean_std([d["peak_step"] for d in per_run.values() if d["where"] == "interior"])
@@ -230,12 +183,16 @@ def _rank_peak(names, traj) -> dict:
                     verdict, why, per_run)
 
 
-def _two_phase_flip(names, delta_of, keys, labels) -> tuple[dict, list]:
+def _delta(phases, name, key, phase):
+    return phases[name][f"phase{phase}"].get("delta", {}).get(key)
+
+
+def _two_phase_flip(names, phases, keys, labels) -> tuple[dict, list]:
     """Per key: Phase 1 and Phase 2 deltas over the runs that have both, and whether the sign flips."""
     detail, usable = {}, []
     for key in keys:
-        pairs = [(delta_of(n, key, 1), delta_of(n, key, 2)) for n in names]
-        pairs = [(a, b) for a, b in pairs if _finite(a) and _finite(b)]
+        pairs = [(_delta(phases, n, key, 1), _delta(phases, n, key, 2)) for n in names]
+        pairs = [(a, b) for a, b in pairs if finite(a) and finite(b)]
         d1, d2 = [a for a, _ in pairs], [b for _, b in pairs]
         detail[key] = {"label": labels.get(key, key), "runs": len(pairs), "phase1": mean_std(d1),
                        "phase2": mean_std(d2), "phase1_signs": _signs(d1), "phase2_signs": _signs(d2),
@@ -244,9 +201,9 @@ def _two_phase_flip(names, delta_of, keys, labels) -> tuple[dict, list]:
     return detail, usable
 
 
-def _align_uniform(names, traj) -> dict:
+def _align_uniform(names, phases) -> dict:
     labels = {"alignment": "alignment", "uniformity": "uniformity"}
-    detail, usable = _two_phase_flip(names, lambda n, k, p: _delta(traj[n], k, p), list(labels), labels)
+    detail, usable = _two_phase_flip(names, phases, list(labels), labels)
     measured = "; ".join(f"{k}: Δ Phase 1 {_pm(d['phase1'])} ({d['phase1_signs']}), Δ Phase 2 {_pm(d['phase2'])} "
                          f"({d['phase2_signs']})" for k, d in detail.items())
     statistic = "sign of each Δ per phase, in every run; the sign must flip between the phases"
@@ -260,21 +217,15 @@ def _align_uniform(names, traj) -> dict:
                     verdict, why, detail)
 
 
-def _probing(names, sweep_phases) -> dict:
+def _probing(names, phases) -> dict:
     claim = "Linguistic abilities (probing) change differently across the phases"
     statistic = "per task: sign of Δ per phase at the boundary checkpoints, in every run; flips in ≥ half the tasks"
-    tasks = sorted({k for n in names for ph in (sweep_phases.get(n) or {},)
-                    for p in ("phase1", "phase2") for k in (ph.get(p) or {}).get("delta", {})
+    tasks = sorted({k for n in names for p in ("phase1", "phase2") for k in phases[n][p].get("delta", {})
                     if k.startswith("probing_") and k != "probing_avg"})
     if not tasks:
         return _finding(3, claim, "no probing accuracies", statistic, TOO_FEW,
                         "no probing was measured (analyze_rank.py --probing_dir)", {})
-
-    def delta_of(name, key, phase):
-        ph = (sweep_phases.get(name) or {}).get(f"phase{phase}") or {}
-        return ph.get("delta", {}).get(key)
-
-    detail, usable = _two_phase_flip(names, delta_of, tasks, {t: t[len("probing_"):] for t in tasks})
+    detail, usable = _two_phase_flip(names, phases, tasks, {t: t[len("probing_"):] for t in tasks})
     measured = "; ".join(f"{d['label']} {_pm(d['phase1'], '.2f')} / {_pm(d['phase2'], '.2f')}" for d in detail.values())
     measured = "Δ accuracy Phase 1 / Phase 2: " + measured
     if max(usable) < MIN_RUNS:
@@ -286,15 +237,11 @@ def _probing(names, sweep_phases) -> dict:
                     f"{len(flipped)}/{len(detail)} tasks flip consistently ({', '.join(flipped) or 'none'})", detail)
 
 
-def _correlation(names, traj) -> dict:
+def _correlation(names, phases) -> dict:
     claim = "Rank and STS-B dev correlate with different signs in the two phases (+ in Phase 1, − in Phase 2)"
     per_run, flags = {}, []
     for n in names:
-        t = traj[n]
-        c = {}
-        for phase in (1, 2):
-            idx = _phase_points(t, phase)
-            c[phase] = correlation([t["rank"][i] for i in idx], [t["stsb_dev"][i] for i in idx])
+        c = {p: phases[n][f"phase{p}"].get("correlation") or correlation([], []) for p in (1, 2)}
         per_run[n] = {"phase1": c[1], "phase2": c[2]}
         if c[1]["spearman"] is not None and c[2]["spearman"] is not None:
             flags.append(c[1]["spearman"] > 0 and c[2]["spearman"] < 0)
@@ -316,47 +263,68 @@ def _points(per_run: dict) -> str:
     return ", ".join(str(d["phase1"]["n"]) + "+" + str(d["phase2"]["n"]) for d in per_run.values())
 
 
-def _rr_improves(groups, kinds, base, traj, runs_by_name) -> list:
+def _names(group) -> list:
+    return [r["name"] for r in group["runs"]]
+
+
+def _mean_finding(id_, claim, what, a, b, direction, detail, ratio=False) -> dict:
+    """Group b against group a on one per-run number: means, Welch's and the permutation test, a verdict in
+    `direction` (+1: higher is the claim, -1: lower); `ratio`: b's values as a fraction of a's mean too."""
+    test = compare_means(a, b)
+    ma, mb = mean_std(a), mean_std(b)
+    measured = f"{what}: {_pm(mb, '.4g')} vs {_pm(ma, '.4g')}"
+    if ratio and ma["mean"]:
+        fraction = mean_std([v / ma["mean"] for v in mb["values"]])
+        measured += f" (RR / baseline: {_pm(fraction, '.2f')})"
+        detail = {**detail, "fraction": fraction}
+    statistic = (f"Δ = {test['diff']:+.3g}, Welch p = {_p(test['welch_p'])}, permutation p = "
+                 f"{_p(test['permutation_p'])}" if test["diff"] is not None else "–")
+    if min(ma["n"], mb["n"]) < MIN_RUNS:
+        verdict, why = TOO_FEW, f"{ma['n']} + {mb['n']} runs with {what}, {MIN_RUNS} per group are needed"
+    elif test["welch_p"] is not None and test["welch_p"] < ALPHA and test["diff"] * direction > 0:
+        verdict, why = HOLDS, f"{'higher' if direction > 0 else 'fewer'} with Welch p < {ALPHA}"
+    else:
+        verdict = FAILS
+        why = ("the difference is in the other direction" if test["diff"] is not None
+               and test["diff"] * direction <= 0 else f"not significant (Welch p ≥ {ALPHA})")
+    return _finding(id_, claim, measured, statistic, verdict, why,
+                    {**detail, **test, "mean": [ma["mean"], mb["mean"]], "std": [ma["std"], mb["std"]]})
+
+
+def _no_counterpart(id_, claim, group, why) -> dict:
+    return _finding(id_, claim, "–", "–", TOO_FEW, why, {"group": group["label"], "compared_with": None})
+
+
+def _baseline_of(group, baselines):
+    return counterpart(group, baselines, RR_FLAGS, "baseline", "the RR settings")
+
+
+def _rr_improves(groups, baselines, values) -> list:
     out = []
-    rr_groups = [g for g in groups if kinds[g["label"]] != "baseline"]
-    if base is None or not rr_groups:
-        why = "no baseline group" if base is None else "no RR group"
-        return [_finding(5, "Rank Reduction improves performance, speed and stability", "–", "–", TOO_FEW, why, {})]
-    b_names = [r["name"] for r in base["runs"]]
-
-    def values(names, what):
-        if what == "sts_test":
-            return [runs_by_name[n]["sts_test"] for n in names]
-        return [traj[n][what] for n in names]
-
+    rr_groups = [g for g in groups if g["kind"] != "baseline"]
+    if not rr_groups:
+        return [_finding(5, "Rank Reduction improves performance, speed and stability", "–", "–", TOO_FEW,
+                         "no RR group", {})]
     for g in rr_groups:
-        names = [r["name"] for r in g["runs"]]
-        label = f"{g['label']} vs {base['label']}"
+        base, why = _baseline_of(g, baselines)
+        if base is None:
+            out.append(_no_counterpart(5, f"RR improves performance, speed and stability: {g['label']}", g, why))
+            continue
+        names, b_names = _names(g), _names(base)
+        label, detail = f"{g['label']} vs {base['label']}", {"group": g["label"], "baseline": base["label"]}
         for key, what, direction, claim in (("best", "best STS-B dev", 1, "performance (STS-B dev)"),
                                             ("sts_test", "STS test avg", 1, "performance (STS test)"),
-                                            ("best_step", "steps to the best", -1, "speed")):
-            a, b = values(b_names, key), values(names, key)
-            test = compare_means(a, b)
-            ma, mb = mean_std(a), mean_std(b)
-            measured = f"{what}: {_pm(mb, '.4g')} vs {_pm(ma, '.4g')}"
-            statistic = (f"Δ = {test['diff']:+.3g}, Welch p = {_p(test['welch_p'])}, permutation p = "
-                         f"{_p(test['permutation_p'])}" if test["diff"] is not None else "–")
-            if min(ma["n"], mb["n"]) < MIN_RUNS:
-                verdict, why = TOO_FEW, f"{ma['n']} + {mb['n']} runs with {what}, {MIN_RUNS} per group are needed"
-            elif test["welch_p"] is not None and test["welch_p"] < ALPHA and test["diff"] * direction > 0:
-                verdict, why = HOLDS, f"{'higher' if direction > 0 else 'fewer'} with Welch p < {ALPHA}"
-            else:
-                verdict = FAILS
-                why = ("the difference is in the other direction" if test["diff"] is not None
-                       and test["diff"] * direction <= 0 else f"not significant (Welch p ≥ {ALPHA})")
-            out.append(_finding(5, f"RR improves {claim}: {label}", measured, statistic, verdict, why,
-                                {"group": g["label"], "baseline": base["label"], "metric": key, **test,
-                                 "mean": [ma["mean"], mb["mean"]], "std": [ma["std"], mb["std"]]}))
-        a, b = values(b_names, "best"), values(names, "best")
+                                            ("best_step", "steps to the best", -1, "speed (steps)"),
+                                            ("best_seconds", "training seconds to the best", -1, "speed (seconds)")):
+            a, b = [values[n][key] for n in b_names], [values[n][key] for n in names]
+            out.append(_mean_finding(5, f"RR improves {claim}: {label}", what, a, b, direction,
+                                     {**detail, "metric": key}))
+        a, b = [values[n]["best"] for n in b_names], [values[n]["best"] for n in names]
         spread = compare_spreads(a, b)
         sa, sb = spread["std"]
         measured = (f"std of best STS-B dev over seeds: {_num(sb)} vs {_num(sa)}; late drop (best − last): "
-                    f"{_pm(mean_std([_drop(traj[n]) for n in names]))} vs {_pm(mean_std([_drop(traj[n]) for n in b_names]))}")
+                    f"{_pm(mean_std([values[n]['drop'] for n in names]))} vs "
+                    f"{_pm(mean_std([values[n]['drop'] for n in b_names]))}")
         statistic = f"std ratio {_num(spread['ratio'])}, Brown-Forsythe p = {_p(spread['p'])}"
         if min(spread["n"]) < MIN_RUNS_SPREAD:
             verdict, why = TOO_FEW, (f"{spread['n'][0]} + {spread['n'][1]} runs: a spread is compared from "
@@ -366,31 +334,27 @@ def _rr_improves(groups, kinds, base, traj, runs_by_name) -> list:
         else:
             verdict, why = FAILS, "the spread is not significantly smaller"
         out.append(_finding(5, f"RR improves stability (spread over seeds): {label}", measured, statistic,
-                            verdict, why, {"group": g["label"], "baseline": base["label"], **spread}))
+                            verdict, why, {**detail, **spread}))
     return out
 
 
-def _drop(t: dict):
-    return t["best"] - t["last"] if _finite(t["best"]) and _finite(t["last"]) else None
-
-
-def _schedule(groups, kinds, traj) -> list:
+def _schedule(groups, values) -> list:
     out = []
-    constant = [g for g in groups if kinds[g["label"]] == "rr"]
-    for g in (g for g in groups if kinds[g["label"]] == "rr-schedule"):
-        names = [r["name"] for r in g["runs"]]
-        drop = mean_std([_drop(traj[n]) for n in names])
-        best = mean_std([traj[n]["best"] for n in names])
+    constant = [g for g in groups if g["kind"] == "rr"]
+    for g in (g for g in groups if g["kind"] == "rr-schedule"):
         claim = f"The RR schedule keeps RR's gain without the late collapse: {g['label']}"
-        ref = constant[0] if constant else None
-        ref_best = mean_std([traj[r["name"]]["best"] for r in ref["runs"]]) if ref else None
-        ref_drop = mean_std([_drop(traj[r["name"]]) for r in ref["runs"]]) if ref else None
-        measured = (f"late drop {_pm(drop)} (constant RR: {_pm(ref_drop) if ref else '–'}); best STS-B dev "
-                    f"{_pm(best, '.4g')} (constant RR: {_pm(ref_best, '.4g') if ref else '–'})")
-        statistic = f"mean (best − last) ≤ {LATE_DROP_MAX} and mean best ≥ constant RR's mean best"
+        ref, why = counterpart(g, constant, SCHEDULE_FLAGS, "constant-RR", "the RR schedule settings")
         if ref is None:
-            verdict, why = TOO_FEW, "no constant-RR group to compare with"
-        elif min(drop["n"], ref_best["n"]) < MIN_RUNS:
+            out.append(_no_counterpart(6, claim, g, why))
+            continue
+        drop = mean_std([values[n]["drop"] for n in _names(g)])
+        best = mean_std([values[n]["best"] for n in _names(g)])
+        ref_best = mean_std([values[n]["best"] for n in _names(ref)])
+        ref_drop = mean_std([values[n]["drop"] for n in _names(ref)])
+        measured = (f"late drop {_pm(drop)} (constant RR: {_pm(ref_drop)}); best STS-B dev {_pm(best, '.4g')} "
+                    f"(constant RR: {_pm(ref_best, '.4g')})")
+        statistic = f"mean (best − last) ≤ {LATE_DROP_MAX} and mean best ≥ constant RR's mean best"
+        if min(drop["n"], ref_best["n"]) < MIN_RUNS:
             verdict, why = TOO_FEW, f"{drop['n']} + {ref_best['n']} runs, {MIN_RUNS} per group are needed"
         else:
             ok_drop, ok_best = drop["mean"] <= LATE_DROP_MAX, best["mean"] >= ref_best["mean"]
@@ -398,30 +362,43 @@ def _schedule(groups, kinds, traj) -> list:
             why = (f"late drop {'≤' if ok_drop else '>'} {LATE_DROP_MAX}; best "
                    f"{'≥' if ok_best else '<'} constant RR's")
         out.append(_finding(6, claim, measured, statistic, verdict, why,
-                            {"group": g["label"], "late_drop": drop, "best": best,
+                            {"group": g["label"], "constant_rr": ref["label"], "late_drop": drop, "best": best,
                              "constant_rr_best": ref_best, "constant_rr_late_drop": ref_drop}))
     return out
 
 
+def _compute(groups, baselines, values) -> list:
+    out = []
+    for g in (g for g in groups if g["kind"] != "baseline"):
+        base, why = _baseline_of(g, baselines)
+        if base is None:
+            out.append(_no_counterpart(7, f"RR spends less compute: {g['label']}", g, why))
+            continue
+        detail = {"group": g["label"], "baseline": base["label"]}
+        for key, what in (("steps", "steps trained"), ("train_seconds", "training seconds")):
+            a, b = [values[n][key] for n in _names(base)], [values[n][key] for n in _names(g)]
+            out.append(_mean_finding(7, f"RR spends less compute ({what}): {g['label']} vs {base['label']}", what,
+                                     a, b, -1, {**detail, "metric": key}, ratio=True))
+    return out
+
+
 def _num(v, spec: str = ".3g") -> str:
-    return f"{v:{spec}}" if _finite(v) else "–"
+    return f"{v:{spec}}" if finite(v) else "–"
 
 
 def _p(v) -> str:
     return "–" if v is None else f"{v:.3g}"
 
 
-def judge_by_method(runs: list, groups: list, sweep_phases: dict | None = None,
+def judge_by_method(runs: list, groups: list, phases: dict | None = None,
                     rank_key: str = "effective_rank") -> tuple[dict | None, dict | None]:
     """(findings, findings_by_method): `judge` on all runs where they are of one method; else None and
-    {method label: judge of that method's runs}, so that baseline and RR are compared within a method,
-    never across methods."""
-    from utils.analysis import method_label
-
+    {method: judge of that method's runs} (`utils.runs.method_of`), so that baseline and RR are compared
+    within a method, never across methods."""
     by_method = {}
     for group in groups:
-        by_method.setdefault(method_label(group["runs"][0]["args"]), []).append(group)
+        by_method.setdefault(method_of(group["runs"][0]), []).append(group)
     if len(by_method) <= 1:
-        return judge(runs, groups, sweep_phases, rank_key), None
-    return None, {label: judge([r for g in gs for r in g["runs"]], gs, sweep_phases, rank_key)
+        return judge(runs, groups, phases, rank_key), None
+    return None, {label: judge([r for g in gs for r in g["runs"]], gs, phases, rank_key)
                   for label, gs in by_method.items()}

@@ -1,55 +1,33 @@
-"""Von Neumann entropy S(K) = -tr(K log K) of trace-one PSD matrices from linear solves alone (no eigh).
+"""Von Neumann entropy S(K) = -tr(K log K) of trace-one PSD matrices, and its gradient: two solvers.
 
-Rank Reduction's penalty (utils.rank.vne_penalty) is S of the batch Gram matrix. Its "eigh" solver
-makes the host wait on every call and cannot be captured in a CUDA graph; the "quadrature" solver here
-needs only matrix products and one batched inverse, nothing that waits for the host, which is what
-asynchronous execution and graph capture need.
+Rank Reduction's penalty (utils.rank_reduction.vne_penalty) is S of the batch Gram matrix.
 
-Method. With s = e^u, log x = ∫ e^u [(1 + e^u)^-1 - (x + e^u)^-1] du over u in R (Higham, Functions
-of Matrices, ch. 11), i.e. log x = (x - 1) ∫ s / ((1 + s)(x + s)) du. The trapezoid rule on N equally
-spaced nodes u_0 < ... < u_{N-1} (step h) gives, for a matrix,
+- "eigh": an eigendecomposition, the reference. On a GPU it makes the host wait on every call and cannot
+  be captured in a CUDA graph (a small matrix is decomposed on the host: cuSOLVER's launch costs more).
+- "quadrature": matrix products and one batched inverse, nothing that waits for the host, which is what
+  asynchronous execution and graph capture (torch.compile fullgraph, CUDA graphs) need.
+
+Quadrature method. With s = e^u, log x = (x - 1) ∫ s / ((1 + s)(x + s)) du over u in R (Higham, Functions
+of Matrices, ch. 11). The trapezoid rule on N equally spaced nodes (step h) gives, for a matrix,
 
     log K ≈ (K - I) Q,    Q = Σ_k c_k (K + s_k I)^-1,    c_k = w_k s_k / (1 + s_k),
 
-with all N shifted matrices inverted in one batched call (torch.linalg.inv_ex, no error check, so no
-host synchronisation). Every term of Q is positive definite and the factor (K - I) is applied once,
-so nothing cancels in float32 (differences of the two resolvents would). The integrand is analytic
-in the strip |Im u| < π, so the trapezoid error falls like exp(-2π²/h); beyond each end it decays
-geometrically (like e^u on the left while s << x, like e^-u on the right), so that tail is folded into
-the end nodes: w_0 = w_{N-1} = h / (1 - e^-h), w_k = h otherwise, instead of the h/2 of a truncated rule.
-S = -Σ_ij K_ij (log K)_ij, and dS/dK = -(log K + I) with the same log K.
+with all N shifted matrices inverted in one batched call (torch.linalg.inv_ex without its error check: no
+host synchronisation). Every term of Q is positive definite and (K - I) is applied once, so nothing
+cancels in float32. The integrand is analytic in the strip |Im u| < π, so the trapezoid error falls like
+exp(-2π²/h); beyond each end it decays geometrically, so that tail is folded into the end nodes' weights
+(w = h / (1 - e^-h) instead of h/2). S = -Σ_ij K_ij (log K)_ij, and dS/dK = -(log K + I).
 
-Parameters: N = 28 nodes, u from log(eps) to 8 (shifts 1.2e-7 ... 3.0e3, h = 0.89), eps = 1.19e-7
-(float32's machine epsilon, the floor that the eigh solver's backward clamps float32 eigenvalues to),
-for float32 and float64 alike. Why:
-- The right end: the folded tail is exact to O(e^-2u_max); u_max = 8 leaves ~2e-8 in log x.
-- The left end plays the part of eps·I: a zero eigenvalue gets the finite log ≈ log(eps) - 1.1 and
-  adds nothing to S (0 · finite); an eigenvalue x >> eps is off by ~eps²/x in x log x, one near eps by
-  at most ~0.2 eps. Zero eigenvalues of a float32 Gram matrix come out as ±2e-8 (rounding), so every
-  shifted matrix stays well conditioned enough to invert (smallest eigenvalue >= eps - 2e-8).
-- h = 0.89: the discretisation error exp(-2π²/h) ~ 2e-10 is below float32 rounding.
-  On the scalar function, |x log x - x (x - 1) q(x)| <= 2.7e-8 for every x in [eps, 1], and the relative
-  error of log x is <= 6e-8 for x >= 1e-3.
-Measured against the eigh solver (tests/test_matrix_entropy.py: isotropic, anisotropic, collapsed
-(rank 8), duplicated-row and zero-row batches, B = 64 ... 512, d = 32 ... 768, d < B and d > B):
-float32 |ΔS| <= 2.3e-5, which is eigh's own float32 error (the quadrature is within 1.1e-5 of the exact
-float64 value), float64 |ΔS| <= 1.6e-7; gradient cosines >= 0.99999998 in both dtypes.
-vne_penalty passes the smaller of the B x B and d x d Gram matrices (same nonzero spectrum): fewer
-zero eigenvalues, a cheaper inverse.
-
-Cost: N inverses of n x n matrices, ~2.7 N n³ flops, memory 2 N n² values, against eigh's ~9 n³ in a
-sequential algorithm that waits on the host. On a CPU that makes it 3-6x slower than eigh (1 thread,
-d = 384: 4.8 vs 1.8 ms at B = 64, 174 vs 44 ms at B = 512, forward + backward); it is meant for GPUs.
-`time_solvers` measures both. LU (inv_ex) rather than Cholesky: a shifted matrix that rounding leaves
-slightly indefinite still inverts instead of turning silently into NaN, for ~15 % more time on a CPU.
-
-Not used: Chebyshev approximation of x log x (loses accuracy on anisotropic spectra, one eigenvalue
-near 1 and the rest near 0, unless the top eigenvalue is deflated); Rényi-2 entropy -log tr K²
-(a different quantity; `renyi2_entropy` is here for comparison).
+Parameters: N = 28 nodes, u from log(eps) to 8, eps = float32's machine epsilon (the floor the eigh
+solver's backward clamps eigenvalues to). The right end leaves ~e^-16 of the folded tail; the left end
+plays the part of eps·I: a zero eigenvalue gets a finite log and adds nothing to S, an eigenvalue x >> eps
+is off by ~eps²/x in x log x; h = 0.89 puts the discretisation error (~2e-10) below float32 rounding.
+LU (inv_ex) rather than Cholesky: a shifted matrix that rounding leaves slightly indefinite still inverts
+instead of turning into NaN. tests/test_matrix_entropy.py checks both solvers against the exact value
+on isotropic, anisotropic, collapsed, duplicated-row and zero-row batches; docs/speed.md has their cost.
 """
 
 import math
-import time
 
 import torch
 
@@ -92,6 +70,41 @@ def matrix_log(K: torch.Tensor, nodes: int = QUADRATURE_NODES, eps: float = QUAD
     return (log_k + log_k.transpose(-1, -2)) / 2
 
 
+# A batch's Gram matrix is small (B x B): on a GPU the host's LAPACK decomposes it faster than cuSOLVER,
+# copies included. Larger matrices (all-gathered batches of many GPUs) stay on the device.
+HOST_EIGH_MAX = 128
+
+
+def _small_eigh(K: torch.Tensor):
+    """torch.linalg.eigh(K) of (..., n, n), on the host in float64 for a small CUDA matrix, else in place."""
+    if K.device.type == "cuda" and K.shape[-1] <= HOST_EIGH_MAX:
+        lam, U = torch.linalg.eigh(K.detach().to("cpu", torch.float64))
+        return lam.to(K.device, K.dtype), U.to(K.device, K.dtype)
+    return torch.linalg.eigh(K)
+
+
+class _EighEntropy(torch.autograd.Function):
+    """S(K) = -tr(K log K) = -Σ λ log λ of symmetric PSD matrices K (..., n, n) -> (...), 0 log 0 = 0.
+
+    Backward: the derivative of a spectral function, dS/dK = U diag(-(log λ_c + 1)) Uᵀ with λ_c = λ
+    clamped to the dtype's eps. Unlike eigh's own backward it has no 1 / (λ_i - λ_j) terms, so repeated
+    eigenvalues (duplicated rows) and zero ones (B > d, zero rows) give finite gradients.
+    """
+
+    @staticmethod
+    def forward(ctx, K):
+        lam, U = _small_eigh(K)
+        ctx.save_for_backward(lam, U)
+        lam = lam.clamp_min(0)  # rounding can make zero eigenvalues slightly negative
+        return -torch.special.xlogy(lam, lam).sum(-1)
+
+    @staticmethod
+    def backward(ctx, grad):
+        lam, U = ctx.saved_tensors
+        lam_c = lam.clamp_min(torch.finfo(lam.dtype).eps)
+        return grad[..., None, None] * (U * -(lam_c.log() + 1)[..., None, :]) @ U.transpose(-1, -2)
+
+
 class _QuadratureEntropy(torch.autograd.Function):
     """S(K) = -tr(K log K) of symmetric PSD trace-one K (..., n, n) -> (...), log K from `matrix_log`.
 
@@ -117,47 +130,11 @@ def matrix_entropy(K: torch.Tensor, solver: str = "quadrature", nodes: int = QUA
                    eps: float = QUADRATURE_EPS, u_max: float = QUADRATURE_UMAX) -> torch.Tensor:
     """Differentiable von Neumann entropy -tr(K log K) of symmetric PSD trace-one K (..., n, n) -> (...).
 
-    solver: "quadrature" (this module: products and one batched inverse; nodes, eps, u_max set the
-    quadrature) or "eigh" (utils.rank's eigendecomposition, the reference). Computed in K's dtype.
+    solver: "quadrature" (products and one batched inverse; nodes, eps, u_max set the quadrature) or "eigh"
+    (an eigendecomposition, the reference). Computed in K's dtype.
     """
     if solver == "quadrature":
         return _QuadratureEntropy.apply(K, nodes, eps, u_max)
     if solver == "eigh":
-        from utils.rank import _MatrixEntropy
-
-        return _MatrixEntropy.apply(K)
+        return _EighEntropy.apply(K)
     raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
-
-
-def renyi2_entropy(K: torch.Tensor) -> torch.Tensor:
-    """Rényi-2 entropy -log tr(K²) = -log ||K||_F² of trace-one K (..., n, n) -> (...): a lower bound on
-    the von Neumann entropy, not equal to it (for comparison; no solver needed)."""
-    return -K.square().sum((-2, -1)).log()
-
-
-def time_solvers(sizes=(64, 512), dims: int = 384, repeats: int = 5, device="cpu") -> dict:
-    """{solver: {B: ms}}: ms per forward + backward of utils.rank.vne_penalty on a float32 (B, dims)
-    batch of random rows, for each solver in utils.rank.RR_SOLVERS; best of `repeats` after a warm-up."""
-    from utils.rank import RR_SOLVERS, vne_penalty
-
-    device = torch.device(device)
-    generator = torch.Generator().manual_seed(0)
-    out = {solver: {} for solver in RR_SOLVERS}
-    for batch in sizes:
-        z = torch.randn(batch, dims, generator=generator).to(device).requires_grad_()
-        for solver in RR_SOLVERS:
-            best = math.inf
-            for step in range(repeats + 1):
-                _sync(device)
-                start = time.perf_counter()
-                vne_penalty(z, solver=solver).backward()
-                _sync(device)
-                if step:  # the first call pays for allocations
-                    best = min(best, time.perf_counter() - start)
-            out[solver][batch] = 1000 * best
-    return out
-
-
-def _sync(device: torch.device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)

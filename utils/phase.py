@@ -1,11 +1,21 @@
 """The two phases of fine-tuning (Jung et al. 2024): Phase 1 from the start to the rank peak, Phase 2
-from the peak to the best STS checkpoint.
+from the peak to the best STS-B dev checkpoint.
 
-`PeakDetector` finds the peak online, while training, from a stream of (step, rank) evaluations;
-`offline_peak` finds it afterwards from the whole series (train.py's summary and analyze_rank.py use it).
+One definition of the phases (`segment`), over a run's evaluations in step order: Phase 1 runs from the
+first evaluation to the rank peak, the evaluation with the highest rank (the earliest on ties); Phase 2
+from the peak to the best checkpoint, the evaluation best/ was saved at. Both ends belong to the phase. A
+peak at the first evaluation means no Phase 1, a peak at the last one no Phase 2 yet, a best checkpoint at
+or before the peak no Phase 2; each is said so, nothing is invented. train.py's summary, analyze_rank.py's
+report and its findings all read the phases of the training log this way.
+
+While training, `RankTracker` decides which steps are evaluated and `PeakDetector` finds the peak online,
+from the stream of evaluations (--rr_start peak and the `phase` of each record read it).
 """
 
 import math
+
+from utils.cli import number
+from utils.rank import RANK_METRICS
 
 
 class PeakDetector:
@@ -99,51 +109,106 @@ def describe_peak(peak: dict, metric: str) -> str:
     return f"rank peak at step {peak['step']} ({metric} = {peak['value']:.4g})"
 
 
-class PeakCheckpoint:
-    """Exports the model at the rank peak to `peak/` (train.py --save_peak_checkpoint).
+def segment(steps, ranks, best_step=None) -> dict:
+    """Phase 1 and Phase 2 of one run's evaluations (steps ascending, ranks the phase metric at each).
 
-    The detector learns that an evaluation was the running peak `window // 2` evaluations later, so the
-    weights of the last few evaluations are kept on the CPU; the running peak's weights are exported to
-    `peak.candidate/` each time the peak moves (on disk: a resumed run still has them), and that folder
-    becomes `peak/` when the detector declares the peak.
+    Returns {"peak": offline_peak + "description", "best_step", "phase1", "phase2"}: a phase is
+    {"start_step", "end_step", "indices"} (into the series, both ends included) or {"absent": the reason}.
+    best_step: the step of the best checkpoint (best/), one of `steps`; None or absent: no Phase 2.
+    """
+    peak = offline_peak(steps, ranks)
+    out = {"peak": peak, "best_step": best_step}
+    p = peak["index"]
+    if p is None:
+        out["phase1"] = out["phase2"] = {"absent": "no rank was measured"}
+        return out
+
+    def phase(i, j):
+        return {"start_step": steps[i], "end_step": steps[j], "indices": list(range(i, j + 1))}
+
+    out["phase1"] = phase(0, p) if p > 0 else {
+        "absent": f"no Phase 1: the rank was highest at the first evaluation (step {steps[0]})"}
+    b = steps.index(best_step) if best_step in steps else None
+    if peak["where"] == "end":
+        out["phase2"] = {"absent": f"no Phase 2 yet: the rank was still highest at the last evaluation (step {steps[p]})"}
+    elif b is None:
+        out["phase2"] = {"absent": "no Phase 2: no best checkpoint"}
+    elif b <= p:
+        out["phase2"] = {"absent": f"no Phase 2: the best checkpoint (step {best_step}) "
+                                   f"{'is' if b == p else 'comes before'} the rank peak (step {steps[p]})"}
+    else:
+        out["phase2"] = phase(p, b)
+    return out
+
+
+class RankTracker:
+    """Which steps are evaluated, and the online rank peak.
+
+    Every --eval_steps steps (and at the first and last) a full evaluation; every --rank_eval_steps steps up to
+    --rank_eval_until a rank evaluation (the probe set and STS-B dev only: the peak comes early). Every
+    evaluation's --phase_metric feeds the PeakDetector; its state is checkpointed with the run.
     """
 
-    def __init__(self, out_dir: str, keep: int):
-        import os
+    @staticmethod
+    def add_arguments(parser) -> None:
+        g = parser.add_argument_group("representation rank and phases (docs/train.md)")
+        g.add_argument("--rank_eval_steps", type=number(int, 1), default=10,
+                       help="rank metrics of the probe set every N steps until --rank_eval_until")
+        g.add_argument("--rank_eval_until", type=number(int, 0), default=500,
+                       help="last step of the dense rank evaluations (0: rank metrics only with --eval_steps)")
+        g.add_argument("--probe_split", default="dev", choices=["train", "dev", "test"],
+                       help="the STS-B split whose sentences form the probe set")
+        g.add_argument("--energy_tau", type=number(float, 0, inclusive=False), default=0.9,
+                       help="energy_rank: the share of the squared singular values kept")
+        g.add_argument("--phase_metric", default="effective_rank", choices=RANK_METRICS,
+                       help="the rank metric whose peak splits Phase 1 from Phase 2")
+        g.add_argument("--phase_patience", type=number(int, 1), default=3,
+                       help="evaluations below the running peak that declare it")
+        g.add_argument("--phase_margin", type=number(float, 0), default=0.01,
+                       help="relative drop below the running peak that counts as below it")
+        g.add_argument("--save_peak_checkpoint", action="store_true", help="also export the model at the rank peak")
 
-        self.candidate_dir = os.path.join(out_dir, "peak.candidate")
-        self.peak_dir = os.path.join(out_dir, "peak")
-        self.keep = keep
-        self.snapshots = {}  # step -> CPU state dict
-        self._shadow = None
-        self.note = None
+    @staticmethod
+    def check_arguments(args) -> str | None:
+        if args.energy_tau > 1:
+            return f"argument --energy_tau: must be <= 1, got {args.energy_tau}"
+        if args.phase_margin >= 1:
+            return f"argument --phase_margin: must be < 1, got {args.phase_margin}"
+        return None
 
-    def remember(self, step: int, model) -> None:
-        """Keep a CPU copy of `model`'s weights at this evaluation (and only the last `keep`)."""
-        self.snapshots[step] = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-        for old in sorted(self.snapshots)[: -self.keep]:
-            del self.snapshots[old]
+    def __init__(self, args, total_steps: int):
+        self.metric, self.total_steps, self.eval_steps = args.phase_metric, total_steps, args.eval_steps
+        self.rank_steps, self.rank_until = args.rank_eval_steps, args.rank_eval_until
+        self.detector = PeakDetector(args.phase_patience, args.phase_margin)
 
-    def on_event(self, event: dict, model, tokenizer, max_seq_length: int) -> None:
-        """Act on a `PeakDetector.update` result: export a new running peak, publish a declared one."""
-        import copy
-        import json
-        import os
+    def due(self, step: int) -> str | None:
+        """"eval" (full), "rank" or None: the evaluation of the model after `step` steps."""
+        if step == 0 or step % self.eval_steps == 0 or step == self.total_steps:
+            return "eval"
+        if step <= self.rank_until and step % self.rank_steps == 0:
+            return "rank"
+        return None
 
-        from utils.checkpoint import atomic_dir, publish_dir
+    def update(self, step: int, metrics: dict) -> dict:
+        return self.detector.update(step, metrics[self.metric])
 
-        step = event["moved_to"]
-        if step is not None:
-            if step not in self.snapshots:  # only after a resume right at the peak
-                self.note = f"the weights of step {step} were not kept (the run resumed after it)"
-            else:
-                if self._shadow is None:
-                    self._shadow = copy.deepcopy(model).cpu()
-                self._shadow.load_state_dict(self.snapshots[step])
-                with atomic_dir(self.candidate_dir) as tmp:
-                    self._shadow.save_pretrained(tmp, tokenizer, max_seq_length)
-                    with open(os.path.join(tmp, "peak_step.json"), "w") as f:
-                        json.dump({"step": step}, f)
-                self.note = None
-        if event["declared"] and os.path.isdir(self.candidate_dir):
-            publish_dir(self.candidate_dir, self.peak_dir)
+    def note(self, step: int, event: dict) -> str | None:
+        """The line to print when `event` (of `update`) declares the peak."""
+        if not event["declared"]:
+            return None
+        return (f"rank peak declared at step {step}: {self.metric} peaked at step {self.detector.peak_step} "
+                f"({self.detector.peak_value:.4g}); Phase 2 from here on")
+
+    @property
+    def declared(self) -> bool:
+        return self.detector.declared
+
+    @property
+    def phase(self) -> int:
+        return self.detector.phase
+
+    def state_dict(self) -> dict:
+        return self.detector.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.detector.load_state_dict(state)

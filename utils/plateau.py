@@ -40,40 +40,45 @@ class Plateau:
 class EarlyStopping:
     """Stop training once STS-B dev has not improved for `patience` evaluations (0: never).
 
-    `update(step, score)` returns True at the evaluation that ends the run; `stopped_step` and `best_step`
-    say where, for the summary. `resume()` lifts a stop (a resumed run given more steps trains on): the
-    count starts again from that evaluation.
+    `update(step, score)` returns a line to print at the evaluation that ends the run (else None);
+    `stopped_step`, `best_step` and `reason` say where and why, for the summary. `stop` ends the run for
+    another reason. `resume()` lifts a stop (a resumed run given more steps trains on): the count starts
+    again from that evaluation.
     """
 
     def __init__(self, patience: int = 0):
         self.patience = patience
         self.plateau = Plateau(patience) if patience > 0 else None
-        self.best_step, self.stopped_step = None, None
+        self.best_step, self.stopped_step, self.reason = None, None, None
 
     @property
     def stopped(self) -> bool:
         return self.stopped_step is not None
 
-    def update(self, step: int, score) -> bool:
+    def update(self, step: int, score) -> str | None:
         if self.plateau is None or self.stopped:
-            return False
+            return None
         if self.plateau.update(score):
             self.best_step = step
-        if self.plateau.stalled:
-            self.stopped_step = step
-            return True
-        return False
+        if not self.plateau.stalled:
+            return None
+        return self.stop(step, f"STS-B dev has not improved for {self.patience} evaluations (best "
+                               f"{self.plateau.best:.2f} at step {self.best_step})")
+
+    def stop(self, step: int, reason: str) -> str:
+        self.stopped_step, self.reason = step, reason
+        return f"early stop: {reason}; the run ends at step {step}"
 
     def resume(self) -> None:
-        self.stopped_step = None
+        self.stopped_step, self.reason = None, None
         if self.plateau is not None:
             self.plateau.since_best = 0
 
     def state_dict(self) -> dict:
         return {"plateau": self.plateau.state_dict() if self.plateau else None, "best_step": self.best_step,
-                "stopped_step": self.stopped_step}
+                "stopped_step": self.stopped_step, "reason": self.reason}
 
     def load_state_dict(self, state: dict) -> None:
         if self.plateau is not None and state.get("plateau"):
             self.plateau.load_state_dict(state["plateau"])
-        self.best_step, self.stopped_step = state.get("best_step"), state.get("stopped_step")
+        self.best_step, self.stopped_step, self.reason = state["best_step"], state["stopped_step"], state["reason"]

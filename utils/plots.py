@@ -3,10 +3,10 @@ backend; without it `write_plots` writes nothing and says so.
 
 - rank_vs_step.png: one panel per run (rows = groups): the rank at every checkpoint (dots) over the
   training log's denser rank series (thin line), Phase 1 / Phase 2 shaded, the peak and best marked.
-- align_uniform.png: one panel per group: each run's path in the (uniformity, alignment) plane, coloured
-  by step; start o, rank peak *, best checkpoint ◆ (lower-left is better on both axes).
+- align_uniform.png: one panel per group: each run's path in the (uniformity, alignment) plane over its
+  training log's evaluations, coloured by step; start o, rank peak *, best ◆ (lower-left is better on both axes).
 - stsb_dev_vs_step.png: STS-B dev at every checkpoint, one line per run, coloured by group.
-- groups_overlay.png: rank and STS-B dev, mean over each group's seeds with a ± std band.
+- groups_overlay.png: rank and STS-B dev of the training logs, mean over each group's seeds with a ± std band.
 """
 
 import os
@@ -73,7 +73,7 @@ def _rank_vs_step(plt, groups, rows_by_run, by_name, results, rank_key, colours)
             peak, best = ph["peak"]["step"], ph["best"]["step"]
             if peak is not None:
                 if "absent" not in ph["phase1"]:
-                    ax.axvspan(rows[0]["step"], peak, color="tab:blue", alpha=0.08, lw=0)
+                    ax.axvspan(ph["phase1"]["start_step"], peak, color="tab:blue", alpha=0.08, lw=0)
                 if "absent" not in ph["phase2"]:
                     ax.axvspan(peak, best, color="tab:orange", alpha=0.12, lw=0)
                 ax.axvline(peak, color="k", ls="--", lw=0.9, label=f"rank peak ({peak})")
@@ -93,13 +93,15 @@ def _rank_vs_step(plt, groups, rows_by_run, by_name, results, rank_key, colours)
 def _align_uniform(plt, groups, rows_by_run, by_name, results, rank_key, colours):
     import matplotlib.colors as mcolors
 
-    all_steps = [r["step"] for rows in rows_by_run.values() for r in rows]
+    paths = {run["name"]: sorted((r for r in run["log"] if r.get("alignment") is not None and r.get("uniformity")
+                                  is not None), key=lambda r: r["step"]) for runs in groups.values() for run in runs}
+    all_steps = [r["step"] for rows in paths.values() for r in rows] or [0]
     norm = mcolors.Normalize(min(all_steps), max(max(all_steps), 1))
     fig, axes = _grid(plt, 1, len(groups), w=3.6, h=3.0)
     scatter = None
     for ax, (group, runs) in zip(axes[0], groups.items()):
         for run in runs:
-            rows = [r for r in rows_by_run[run["name"]] if r.get("alignment") is not None]
+            rows = paths[run["name"]]
             ph = by_name[run["name"]]["phases"]
             x, y = [r["uniformity"] for r in rows], [r["alignment"] for r in rows]
             ax.plot(x, y, color="0.7", lw=0.8, zorder=1)
@@ -116,7 +118,7 @@ def _align_uniform(plt, groups, rows_by_run, by_name, results, rank_key, colours
         ax.tick_params(labelsize=7)
     if scatter is not None:
         fig.colorbar(scatter, ax=axes[0].tolist(), label="step", shrink=0.9)
-    fig.suptitle("alignment vs uniformity (o start, * rank peak, ◆ best)", fontsize=10)
+    fig.suptitle("alignment vs uniformity over the training log (o start, * rank peak, ◆ best)", fontsize=10)
     return fig
 
 
@@ -154,6 +156,7 @@ def _overlay(plt, groups, rows_by_run, by_name, results, rank_key, colours):
         ax.set_xlabel("step", fontsize=8)
         ax.set_ylabel(name, fontsize=8)
         ax.tick_params(labelsize=7)
-        ax.legend(fontsize=7)
-    fig.suptitle("mean over seeds ± std (steps every run of a group has)", fontsize=10)
+        if ax.get_legend_handles_labels()[0]:  # a log without the metric draws nothing
+            ax.legend(fontsize=7)
+    fig.suptitle("training log: mean over seeds ± std (steps every run of a group has)", fontsize=10)
     return fig

@@ -28,13 +28,7 @@ import math
 
 import torch
 
-from utils.distributed import gather_with_grad
-from utils.matrix_entropy import matrix_entropy
-
 RANK_METRICS = ("effective_rank", "vne", "eig_effective_rank", "energy_rank")
-# how vne_penalty computes S: an eigendecomposition (the reference), or utils.matrix_entropy's resolvent
-# quadrature (products and one batched inverse: no host synchronisation, capturable in a CUDA graph)
-RR_SOLVERS = ("eigh", "quadrature")
 
 # ----------------------------------------------------------------------------- spectra
 
@@ -48,7 +42,7 @@ def _matrix(Z) -> torch.Tensor:
     return Z.detach().to(device=device, dtype=torch.float64)
 
 
-def _unit_rows(Z: torch.Tensor) -> torch.Tensor:
+def unit_rows(Z: torch.Tensor) -> torch.Tensor:
     """Rows / their L2 norm; zero rows stay zero (and pass gradients through unscaled, not / eps)."""
     norm = Z.norm(dim=-1, keepdim=True)
     return Z / torch.where(norm > 0, norm, torch.ones_like(norm))
@@ -105,7 +99,7 @@ def effective_rank(Z) -> float:
 def vne(Z) -> float:
     """Von Neumann entropy -Σ λ log λ of C = ẐᵀẐ / N (rows L2-normalised, λ renormalised to sum 1)."""
     Z = _matrix(Z)
-    return _vne_from(_gram_eigenvalues(_unit_rows(Z))) if _finite(Z) else math.nan
+    return _vne_from(_gram_eigenvalues(unit_rows(Z))) if _finite(Z) else math.nan
 
 
 def eig_effective_rank(Z) -> float:
@@ -113,7 +107,7 @@ def eig_effective_rank(Z) -> float:
     Z = _matrix(Z)
     if not _finite(Z):
         return math.nan
-    lam = _gram_eigenvalues(_unit_rows(Z))
+    lam = _gram_eigenvalues(unit_rows(Z))
     return math.exp(_vne_from(lam)) if lam.sum() > 0 else 0.0
 
 
@@ -135,7 +129,7 @@ def rank_metrics(Z, tau: float = 0.9) -> dict:
         _energy_from(torch.ones(1), tau)  # still reject a bad tau
         return dict.fromkeys(["effective_rank", "vne", "eig_effective_rank", "energy_rank"], math.nan)
     lam = _gram_eigenvalues(Z)
-    lam_unit = _gram_eigenvalues(_unit_rows(Z))
+    lam_unit = _gram_eigenvalues(unit_rows(Z))
     entropy = _vne_from(lam_unit)
     return {
         "effective_rank": _erank_from(lam),
@@ -150,7 +144,7 @@ def alignment(x, y, alpha: float = 2) -> float:
     x, y = _matrix(x), _matrix(y)
     if x.shape != y.shape:
         raise ValueError(f"x and y must have the same shape, got {tuple(x.shape)} and {tuple(y.shape)}")
-    return float((_unit_rows(x) - _unit_rows(y)).norm(dim=1).pow(alpha).mean())
+    return float((unit_rows(x) - unit_rows(y)).norm(dim=1).pow(alpha).mean())
 
 
 def uniformity(x, t: float = 2, block: int = 1024) -> float:
@@ -160,7 +154,7 @@ def uniformity(x, t: float = 2, block: int = 1024) -> float:
     ||x̂_i - x̂_j||² = 2 - 2 x̂_i·x̂_j (matrix products) and a log-sum-exp, in row blocks of `block`:
     O(block · N) memory, no underflow to log(0) for a large t. Needs N >= 2.
     """
-    x = _unit_rows(_matrix(x))
+    x = unit_rows(_matrix(x))
     n = x.shape[0]
     if n < 2:
         raise ValueError("uniformity needs at least 2 embeddings")
@@ -176,25 +170,7 @@ def uniformity(x, t: float = 2, block: int = 1024) -> float:
     return float(torch.logsumexp(torch.stack(parts), dim=0) - math.log(pairs))
 
 
-# ----------------------------------------------------------------------------- STS-B probe
-
-
-def stsb_probe(data_dir, split: str = "dev") -> tuple[list[str], list[tuple[int, int]]]:
-    """(sentences, pos_pairs) of STS-B `split`, the probe set of SimCSE's alignment/uniformity plots.
-
-    sentences: every unique sentence of the split, in first-seen order reading the file line by line
-    (s1 then s2 of each line), normalised as utils.sts reads them. pos_pairs: (i, j) indices into
-    sentences of the pairs with gold score > 4, in file order (i == j where both sides are the same).
-    """
-    from utils.sts import read_stsb
-
-    s1, s2, gold = read_stsb(data_dir, split)
-    index = {}
-    for a, b in zip(s1, s2):
-        index.setdefault(a, len(index))
-        index.setdefault(b, len(index))
-    pos_pairs = [(index[a], index[b]) for a, b, g in zip(s1, s2, gold) if g > 4]
-    return list(index), pos_pairs
+# ----------------------------------------------------------------------------- a probe set
 
 
 def probe_metrics(emb, pos_pairs, tau: float = 0.9) -> dict:
@@ -211,77 +187,3 @@ def probe_metrics(emb, pos_pairs, tau: float = 0.9) -> dict:
         metrics["alignment"] = math.nan
     metrics["uniformity"] = uniformity(emb) if emb.shape[0] >= 2 else math.nan
     return metrics
-
-
-# ----------------------------------------------------------------------------- Rank Reduction penalty
-
-
-# A batch's Gram matrix is small (B x B); on a GPU, cuSOLVER's eigh of it costs more than the host's LAPACK
-# with the copies (bench.py measures both: 0.8 vs 0.4 ms at B = 64 on an H200), and both make the host
-# wait for the forward pass. All views go in one call: one wait per step. Larger matrices (all-gathered
-# batches of many GPUs) stay on the device.
-HOST_EIGH_MAX = 128
-
-
-def _small_eigh(K: torch.Tensor):
-    """torch.linalg.eigh(K) of (..., n, n), on the host in float64 for a small CUDA matrix, else in place."""
-    if K.device.type == "cuda" and K.shape[-1] <= HOST_EIGH_MAX:
-        lam, U = torch.linalg.eigh(K.detach().to("cpu", torch.float64))
-        return lam.to(K.device, K.dtype), U.to(K.device, K.dtype)
-    return torch.linalg.eigh(K)
-
-
-class _MatrixEntropy(torch.autograd.Function):
-    """S(K) = -tr(K log K) = -Σ λ log λ of symmetric PSD matrices K (..., n, n) -> (...), 0 log 0 = 0.
-
-    Backward: the derivative of a spectral function, dS/dK = U diag(-(log λ_c + 1)) Uᵀ with λ_c = λ
-    clamped to the dtype's eps. Unlike eigh's own backward it has no 1 / (λ_i - λ_j) terms, so repeated
-    eigenvalues (duplicated rows) and zero ones (B > d, zero rows) give finite gradients.
-    """
-
-    @staticmethod
-    def forward(ctx, K):
-        lam, U = _small_eigh(K)
-        ctx.save_for_backward(lam, U)
-        lam = lam.clamp_min(0)  # rounding can make zero eigenvalues slightly negative
-        return -torch.special.xlogy(lam, lam).sum(-1)
-
-    @staticmethod
-    def backward(ctx, grad):
-        lam, U = ctx.saved_tensors
-        lam_c = lam.clamp_min(torch.finfo(lam.dtype).eps)
-        return grad[..., None, None] * (U * -(lam_c.log() + 1)[..., None, :]) @ U.transpose(-1, -2)
-
-
-def vne_penalty(z: torch.Tensor, gather: bool = False, solver: str = "eigh") -> torch.Tensor:
-    """Differentiable VNE of the rows of z (B, d), any dtype: a 0-dim float32 tensor equal to vne(z);
-    of each view of z (V, B, d): a (V,) tensor, in one (batched) solver call.
-
-    Computed in float32 with autocast off, on the (B, B) Gram matrix K = ẑẑᵀ / B (its nonzero eigenvalues
-    are those of ẑᵀẑ / B); with zero rows K is divided by the number of nonzero rows instead (trace 1).
-    gather=True: the VNE of the batch all-gathered from every process with gradients
-    (utils.distributed.gather_with_grad; every process must call it with the same B), identical on every
-    process, so DDP's gradient averaging yields exactly one process's gradient on the global batch.
-    On one process gather changes nothing.
-    solver (RR_SOLVERS): "eigh", an eigendecomposition of K; "quadrature", utils.matrix_entropy's
-    eigendecomposition-free S and gradient (within 1e-5 of eigh), on the smaller of K and ẑᵀẑ / B.
-    """
-    if z.ndim not in (2, 3):
-        raise ValueError(f"expected (B, d) or (V, B, d) embeddings, got shape {tuple(z.shape)}")
-    if solver not in RR_SOLVERS:
-        raise ValueError(f"solver must be one of {RR_SOLVERS}, got {solver!r}")
-    if gather:
-        z = gather_with_grad(z) if z.ndim == 2 else torch.stack([gather_with_grad(view) for view in z])
-    with torch.autocast(device_type=z.device.type, enabled=False):
-        return _row_entropy(z.float(), solver)
-
-
-def _row_entropy(z: torch.Tensor, solver: str = "eigh") -> torch.Tensor:
-    """vne_penalty's computation in z's own dtype (the tests gradcheck it in float64)."""
-    z = _unit_rows(z)
-    nonzero_rows = (z.detach() != 0).any(dim=-1).sum(-1).clamp_min(1)
-    if solver == "eigh":
-        return _MatrixEntropy.apply(z @ z.transpose(-1, -2) / nonzero_rows[..., None, None])
-    # ẑᵀẑ has the nonzero spectrum of ẑẑᵀ: the smaller matrix is cheaper and has fewer zero eigenvalues
-    gram = z.transpose(-1, -2) @ z if z.shape[-2] > z.shape[-1] else z @ z.transpose(-1, -2)
-    return matrix_entropy(gram / nonzero_rows[..., None, None], solver)

@@ -13,14 +13,12 @@ follows it down (the late collapse). A schedule keeps RR's early push and takes 
   STS-B dev of every rank evaluation counts too (dense early in training, where RR's best comes).
 - target: as plateau until STS-B dev stalls, then λ is steered so that the batch VNE (the quantity RR
   penalises, an exponential moving average of it) stays where it was at the best evaluation: each step
-  λ += gain · λ₀ · (VNE − target), kept in [0, 2 λ₀]. Switching RR off lets the rank climb back and, on
-  all-MiniLM-L6-v2, the score fall with it; a constant λ keeps pushing the rank down past the best; the
-  controller holds the rank of the best checkpoint instead.
+  λ += gain · λ₀ · (VNE − target), kept in [0, 2 λ₀]: switching RR off lets the rank climb back, a
+  constant λ keeps pushing it down past the best; the controller holds the rank of the best checkpoint.
 
 With `anneal_lr` (train.py --rr_anneal_lr) the stall of plateau or target also starts the learning rate's
-linear decay to 0 over `decay_steps` (0: at once), as a multiplier on the learning-rate schedule. On
-all-MiniLM-L6-v2 STS-B dev falls after RR's early best whatever λ does next (kept, switched off or steered),
-because the contrastive training itself moves the model on; only stopping the updates keeps the best.
+linear decay to 0 over `decay_steps` (0: at once), as a multiplier on the learning-rate schedule, for
+where the score falls after RR's early best whatever λ does next (docs/study/README.md).
 
 RR starts at step 0 or at the declared rank peak (train.py --rr_start); the schedule counts from that
 step. All state is in `state_dict`, so a resumed run continues the same λ sequence.

@@ -9,11 +9,13 @@ or InfoCSE's heads, are saved and resumed with the model) with three parts:
   run draws what the uninterrupted run drew.
 - `forward(model, inputs, temp)` -> `Output`: the encoder forward(s) and the method's loss, inside the one
   (DDP-wrapped) forward of `TrainingModel`, so every gradient is synchronised once.
-- `eval_embedding()`: how `best/` and the exports are read at evaluation (`utils.model.SimCSEModel`'s
-  pooler by default; PromptBERT's template and [MASK] state).
+- `dev_embedding(model)` and `eval_embedding()`: what the in-training STS-B dev selection reads, and how
+  `best/` and the exports are read (utils/embedding.py; the model's pooler by default, PromptBERT's
+  template and [MASK] state).
 
-Rank Reduction is not the method's business: `train.py` applies it to `Output.z` or `Output.pooled`
-(`--rr_on mlp | encoder`, default `rr_default`), never to queues, mixes or template rows.
+Rank Reduction is not the method's business: utils.rank_reduction.RankReduction wraps the method and
+reads `Output.z` or `Output.pooled` (`--rr_on mlp | encoder`, default `rr_default`), never queues, mixes
+or template rows.
 """
 
 from typing import NamedTuple
@@ -23,12 +25,14 @@ from torch import nn
 
 
 class Output(NamedTuple):
-    """loss: the method's objective (0-dim); z: (2B, H) the training embeddings the contrastive loss reads;
-    pooled: (2B, H) the encoder's pooled sentence embedding (before any training head). Rows: view 1, view 2."""
+    """loss: the objective (0-dim); z: (2B, H) the training embeddings the contrastive loss reads; pooled:
+    (2B, H) the encoder's pooled sentence embedding (before any training head). Rows: view 1, view 2.
+    terms: named parts of the loss to log, where a wrapper adds any (utils.rank_reduction)."""
 
     loss: torch.Tensor
     z: torch.Tensor
     pooled: torch.Tensor
+    terms: dict | None = None
 
 
 class Method(nn.Module):
@@ -39,6 +43,8 @@ class Method(nn.Module):
     # the method's own flags: (flag, argparse keyword arguments); `default` is the published value
     flags: tuple = ()
     rr_default = "mlp"  # the tensor Rank Reduction reads by default: "mlp" = Output.z, "encoder" = Output.pooled
+    # whether N processes compute what one process computes on the global batch (no per-process state)
+    ddp_exact = True
     # the published recipe's shared knobs, as train.py flags (README, run.sh)
     recipe = {"per_device_train_batch_size": 64, "learning_rate": 3e-5, "num_train_epochs": 1, "mlp_only_train": True}
 
@@ -61,6 +67,10 @@ class Method(nn.Module):
         """A message naming the model flag when this tokenizer cannot serve the method."""
         return None
 
+    def resolve_args(self, args) -> None:
+        """Write flags whose default depends on the model (None on the command line) back into args as
+        resolved, so that the run records, and a resume compares, the values trained with."""
+
     def generator(self, step: int) -> torch.Generator:
         """The host generator of one step's random data changes: the same for a step however it is reached."""
         from utils.distributed import world
@@ -73,13 +83,14 @@ class Method(nn.Module):
     def forward(self, model, inputs: dict, temp: float) -> Output:
         raise NotImplementedError
 
-    def dev_embedder(self, model):
-        """(module, template_fn): what the in-training STS-B dev selection encodes with (utils.encode.encode
-        calls module(input_ids=, attention_mask=, ...)), and the formatter of its sentences (None: as they are)."""
+    def dev_embedding(self, model):
+        """(module, template): what the in-training STS-B dev selection encodes with (utils.encode.encode calls
+        module(input_ids=, attention_mask=, ...)) and the text template its sentences go in (None: none)."""
         return model, None
 
     def eval_embedding(self) -> dict:
-        """Recorded in the exported config (`sentence_embedding`): what evaluate.py and analyze_rank.py read."""
+        """Recorded in the exported config (`sentence_embedding`, utils/embedding.py) where the embedding is
+        more than the model's pooler; {} otherwise."""
         return {}
 
 

@@ -29,6 +29,7 @@ import random
 import torch
 import torch.nn.functional as F
 
+from utils.cli import number
 from utils.distributed import gather_with_grad, world
 from utils.loss import similarity
 from utils.methods.base import Method, Output
@@ -81,17 +82,16 @@ def queue_loss(z1: torch.Tensor, z2: torch.Tensor, queue: torch.Tensor, temp: fl
 
 class ESimCSE(Method):
     name, label = "esimcse", "ESimCSE"
+    ddp_exact = False  # each process keeps its own queue, as in the authors' code
     flags = (
-        ("--dup_rate", dict(type=float, default=0.32,
-                            help="esimcse: share of a sentence's tokens that may be repeated in view 2")),
-        ("--momentum", dict(type=float, default=0.995, help="esimcse: EMA rate of the momentum encoder")),
-        ("--queue_size", dict(type=int, default=160,
-                              help="esimcse: momentum-encoded negatives kept (the newest; 2.5 batches of 64)")),
+        ("--dup_rate", dict(type=number(float, 0), default=0.32,
+                            help="share of a sentence's tokens that may be repeated in view 2")),
+        ("--momentum", dict(type=number(float, 0), default=0.995, help="EMA rate of the momentum encoder")),
+        ("--queue_size", dict(type=number(int, 0), default=160, help="momentum-encoded negatives kept")),
         ("--momentum_init", dict(choices=["random", "copy"], default="random",
-                                 help="esimcse: the momentum encoder starts from a random initialisation (the "
-                                      "published run) or from the pretrained weights (what the authors meant)")),
+                                 help="the momentum encoder's start: random (the published run) or the pretrained copy")),
         ("--queue_reset", dict(choices=["epoch", "never"], default="epoch",
-                               help="esimcse: empty the queue at each epoch start (the authors' trainer) or never")),
+                               help="empty the queue at each epoch start (the authors' trainer) or never")),
     )
 
     def __init__(self, args, model, tokenizer, steps_per_epoch: int | None = None):

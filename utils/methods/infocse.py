@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from utils.cli import number
 from utils.loss import contrastive_loss
 from utils.methods.base import Method, Output
 from utils.unpad import unpadded_layers
@@ -202,19 +203,18 @@ class InfoCSE(Method):
     """SimCSE's two dropout views + ProjectionMLP, and an MLM through [CLS] on a frozen lower encoder."""
 
     name, label = "infocse", "InfoCSE"
+    ddp_exact = False  # each process's BatchNorm statistics are its own, as in the authors' code
     flags = (
-        ("--mlm_probability", dict(type=float, default=0.4,
-                                   help="infocse: share of the real tokens masked for the MLM through [CLS]")),
-        ("--mlm_weight", dict(type=float, default=1e-5, help="infocse: loss = InfoNCE + this x MLM")),
-        ("--frozen_layers", dict(type=int, default=None,
-                                 help="infocse: lower layers of the initial encoder, frozen, that encode the masked "
-                                      "copy (None: 6, the authors' skip_from, or all of a shallower encoder)")),
-        ("--head_layers", dict(type=int, default=2,
-                               help="infocse: fresh encoder layers over [CLS] + the frozen token states")),
+        ("--mlm_probability", dict(type=number(float, 0, inclusive=False), default=0.4,
+                                   help="share of the real tokens masked for the MLM through [CLS]")),
+        ("--mlm_weight", dict(type=number(float, 0), default=1e-5, help="loss = InfoNCE + this x MLM")),
+        ("--frozen_layers", dict(type=number(int, 1), default=None,
+                                 help="frozen lower layers of the initial encoder (None: 6, or all of a shallower one)")),
+        ("--head_layers", dict(type=number(int, 1), default=2, help="fresh encoder layers over [CLS] + the frozen states")),
         ("--mlm_eval", dict(action=argparse.BooleanOptionalAction, default=True,
-                            help="infocse: the frozen layers run without dropout (the authors' bert-base script)")),
+                            help="the frozen layers run without dropout (the authors' bert-base script)")),
         ("--mlm_decoder", dict(choices=["trained", "frozen"], default="trained",
-                               help="infocse: the MLM decoder is trained (the authors') or the frozen word embeddings")),
+                               help="the MLM decoder is trained (the authors') or the frozen word embeddings")),
     )
     # the authors' Infocse-bert-base.sh: batch 64, lr 7e-6, 2 epochs, cls --mlp_only_train
     recipe = {**Method.recipe, "learning_rate": 7e-6, "num_train_epochs": 2, "mlp_only_train": True}
@@ -253,6 +253,9 @@ class InfoCSE(Method):
         self.mask_id = tokenizer.mask_token_id
         self.special_ids = torch.tensor(sorted(set(tokenizer.all_special_ids)), dtype=torch.long)
         self.vocab_size = len(tokenizer)
+
+    def resolve_args(self, args) -> None:
+        args.frozen_layers = self.frozen_layers
 
     @staticmethod
     def _check_model(model) -> None:

@@ -12,6 +12,7 @@ authors' code. "j+1" wraps around the global batch, so the mixes are the same ho
 import torch
 import torch.nn.functional as F
 
+from utils.cli import number
 from utils.distributed import gather_with_grad, world
 from utils.loss import similarity
 from utils.methods.base import Method, Output
@@ -36,8 +37,8 @@ def mixcse_loss(z1: torch.Tensor, z2: torch.Tensor, temp: float, mix_lambda: flo
 
 class MixCSE(Method):
     name, label = "mixcse", "MixCSE"
-    flags = (("--mix_lambda", dict(type=float, default=0.2,
-                                   help="mixcse: share of the positive in each mixed negative (the authors' --lambdas)")),)
+    flags = (("--mix_lambda", dict(type=number(float, 0), default=0.2,
+                                   help="share of the positive in each mixed negative (the authors' --lambdas)")),)
     # the authors' run_unsup_example.sh: the MLP also in the dev evaluation that picks the checkpoint
     recipe = {**Method.recipe, "mlp_only_train": False}
 

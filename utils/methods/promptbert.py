@@ -10,87 +10,27 @@
   sentence slot on shifted by k, as a k-token sentence would place them; delta_t[k] is its [MASK] state,
   what the template alone puts there at that length. A row with n sentence tokens subtracts delta_t[n].
 - Loss: InfoNCE (z1 rows against z2) over z = MLP(h - delta), the MLP in training only.
-- Evaluation: the dev selection in training reads template 1's [MASK] minus delta (eval mode, no MLP;
-  `dev_embedder`); the exported checkpoint is read as the published test numbers are, with text template 1,
-  a '.' added to a sentence that ends without one, and the raw [MASK] state (`eval_embedding`).
+- Evaluation, two embeddings, as in the authors' code: the dev selection in training reads template 1's
+  [MASK] state minus its delta (eval mode, no MLP; `dev_embedding`); the published test numbers read the
+  raw [MASK] state of text template 1 with a '.' added to a sentence that ends without one. The export
+  records both (`eval_embedding`: utils/embedding.py reads them).
+- Sentences are cut at --max_seq_length tokens with [CLS] and [SEP] (so at max_seq_length - 2 tokens); the
+  authors cut the sentence alone at 32, which --max_seq_length 34 reproduces.
 """
 
 import argparse
-import functools
 import inspect
-from typing import NamedTuple
 
 import numpy as np
 import torch
-from torch import nn
 
-from utils.encode import apply_template, pad_batch, split_template, template_problem
+from utils.data import pad_batch
 from utils.loss import contrastive_loss
 from utils.methods.base import Method, Output
-from utils.pooling import encoder_outputs, gather_rows, mask_positions, position_start
+from utils.pooling import encoder_outputs, gather_rows, position_start
+from utils.prompt import denoised_prompt, empty_template_inputs, template_deltas, template_problem, tokenize_template
 
 TEMPLATE_FLAGS = ("--prompt_template1", "--prompt_template2")
-
-
-class Template(NamedTuple):
-    """A template's token ids around the sentence ([CLS] and [SEP] not included)."""
-
-    prefix: list
-    suffix: list
-    mask_at: int  # index of the [MASK] in prefix + suffix
-
-    @property
-    def length(self) -> int:
-        """Tokens the template adds to a sentence, [CLS] and [SEP] included."""
-        return len(self.prefix) + len(self.suffix) + 2
-
-    @property
-    def mask_after_sentence(self) -> bool:
-        return self.mask_at >= len(self.prefix)
-
-
-def tokenize_template(tokenizer, template: str) -> Template:
-    """The ids of the text before and after {sentence} ({mask} -> the mask token), each tokenized alone
-    without special tokens. ValueError unless they hold exactly one mask token."""
-    before, after = split_template(template, tokenizer.mask_token)
-    prefix = tokenizer(before, add_special_tokens=False)["input_ids"]
-    suffix = tokenizer(after, add_special_tokens=False)["input_ids"]
-    hits = [i for i, t in enumerate(prefix + suffix) if t == tokenizer.mask_token_id]
-    if len(hits) != 1:
-        raise ValueError(f"template {template!r} tokenizes to {len(hits)} mask tokens, not one")
-    return Template(prefix, suffix, hits[0])
-
-
-def empty_template_inputs(templates, copies: int, cls_id: int, sep_id: int, pad_id: int, start: int = 0):
-    """The denoising batch: for each template, `copies` rows of its empty form [CLS] prefix suffix [SEP],
-    copy k with positions start + j, plus k from the sentence slot (column 1 + len(prefix)) on.
-
-    Returns ({"input_ids", "attention_mask", "position_ids"} (len(templates) * copies, T) right-padded to
-    the longest template, (len(templates) * copies,) the [MASK] column of each row); rows template-major.
-    """
-    columns = {"input_ids": [], "attention_mask": [], "position_ids": []}
-    mask_columns = []
-    for t in templates:
-        row = [cls_id] + t.prefix + t.suffix + [sep_id]
-        slot = 1 + len(t.prefix)
-        for k in range(copies):
-            columns["input_ids"].append(row)
-            columns["attention_mask"].append([1] * len(row))
-            columns["position_ids"].append([start + j + (k if j >= slot else 0) for j in range(len(row))])
-            mask_columns.append(1 + t.mask_at)
-    batch = pad_batch(columns, np.arange(len(mask_columns)), pad_id)  # padded positions 0: masked anyway
-    return batch, torch.tensor(mask_columns)
-
-
-def template_deltas(encoder, inputs: dict, mask_columns: torch.Tensor, templates: int) -> torch.Tensor:
-    """(templates, K, H): the [MASK] states of `empty_template_inputs`' rows, through the encoder's ordinary
-    forward (the padding-free one computes its own positions), with gradient, in the encoder's mode."""
-    device = next(encoder.parameters()).device
-    inputs = {k: v.to(device) for k, v in inputs.items()}
-    outputs = encoder_outputs(encoder, "cls_before_pooler", inputs.pop("input_ids"), inputs.pop("attention_mask"),
-                              False, **inputs)
-    states = gather_rows(outputs.last_hidden_state, mask_columns)
-    return states.view(templates, -1, states.shape[-1])
 
 
 def sentence_ids(input_ids: torch.Tensor, attention_mask: torch.Tensor, cls_id: int, sep_id: int) -> list:
@@ -104,41 +44,15 @@ def sentence_ids(input_ids: torch.Tensor, attention_mask: torch.Tensor, cls_id: 
     return rows
 
 
-class PromptDevEmbedder(nn.Module):
-    """Template 1's [MASK] state minus its delta for the row's sentence length: the embedding the authors'
-    STS-B dev selection reads. Called as module(input_ids=, attention_mask=, [token_type_ids=]) on
-    sentences put in template 1 (the text template, no period) -> (B, H)."""
-
-    def __init__(self, encoder, delta: torch.Tensor, template_length: int, mask_token_id: int, unpad: bool = False):
-        super().__init__()
-        self.encoder = encoder
-        self.register_buffer("delta", delta, persistent=False)  # (K, H), K = every length the positions allow
-        self.template_length = template_length
-        self.mask_token_id = mask_token_id
-        self.unpad = unpad
-        self.train(encoder.training)  # utils.encode.encode restores this mode: leave the encoder's as it was
-
-    def forward(self, input_ids, attention_mask, **inputs) -> torch.Tensor:
-        outputs = encoder_outputs(self.encoder, "cls_before_pooler", input_ids, attention_mask, self.unpad, **inputs)
-        h = gather_rows(outputs.last_hidden_state, mask_positions(input_ids, self.mask_token_id))
-        # the sentence's length in tokens, as the authors count it: the row's tokens less the template's
-        n = (attention_mask.sum(1) - self.template_length).clamp(0, self.delta.shape[0] - 1)
-        return h - self.delta[n]
-
-
 class PromptBERT(Method):
     name, label = "promptbert", "PromptBERT"
     rr_default = "mlp"
     flags = (
         ("--prompt_template1", dict(default='This sentence of "{sentence}" means {mask}.',
-                                    help="promptbert: view 1's template, also the one the export is evaluated "
-                                         "with; {sentence}: the sentence, {mask}: the [MASK] whose state is "
-                                         "the embedding")),
-        ("--prompt_template2", dict(default='This sentence : "{sentence}" means {mask}.',
-                                    help="promptbert: view 2's template ({sentence}, {mask} as in the first)")),
+                                    help="view 1's template, also the evaluated one ({sentence} and {mask} in it)")),
+        ("--prompt_template2", dict(default='This sentence : "{sentence}" means {mask}.', help="view 2's template")),
         ("--prompt_denoise", dict(action=argparse.BooleanOptionalAction, default=True,
-                                  help="promptbert: subtract each template's [MASK] state without the sentence "
-                                       "(template denoising, with gradient)")),
+                                  help="subtract each template's own [MASK] state (template denoising)")),
     )
     # the authors' run.sh unsup-bert
     recipe = {**Method.recipe, "per_device_train_batch_size": 256, "learning_rate": 1e-5, "mlp_only_train": True}
@@ -148,7 +62,7 @@ class PromptBERT(Method):
         self.template_texts = (args.prompt_template1, args.prompt_template2)
         self.templates = tuple(tokenize_template(tokenizer, t) for t in self.template_texts)
         self.denoise = args.prompt_denoise
-        self.mask_token, self.mask_token_id = tokenizer.mask_token, tokenizer.mask_token_id
+        self.tokenizer = tokenizer  # the dev embedding tokenizes template 1 at each evaluation
         self.cls_id, self.sep_id = tokenizer.cls_token_id, tokenizer.sep_token_id
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         encoder = model.encoder
@@ -227,25 +141,12 @@ class PromptBERT(Method):
         z1, z2 = z.chunk(2)
         return Output(contrastive_loss(z1, z2, temp), z, pooled)
 
-    @torch.no_grad()
-    def dev_embedder(self, model):
-        """(PromptDevEmbedder, template 1 formatter) for the weights as they are now: the delta is computed
-        here, once, in eval mode, for every sentence length the positions allow (dev sentences run longer
-        than training's); call this at each evaluation."""
-        encoder, template = model.encoder, self.templates[0]
-        was_training = encoder.training
-        encoder.eval()
-        try:
-            copies = encoder.config.max_position_embeddings - self.start - template.length + 1
-            inputs, mask_columns = empty_template_inputs([template], copies, self.cls_id, self.sep_id,
-                                                         self.pad_id, self.start)
-            delta = template_deltas(encoder, inputs, mask_columns, 1)[0] if self.denoise \
-                else torch.zeros(1, encoder.config.hidden_size, device=next(encoder.parameters()).device)
-        finally:
-            encoder.train(was_training)
-        module = PromptDevEmbedder(encoder, delta, template.length, self.mask_token_id, model.unpad)
-        return module, functools.partial(apply_template, template=self.template_texts[0], mask_token=self.mask_token)
+    def dev_embedding(self, model):
+        """Template 1's [MASK] state minus its delta, for the weights as they are now (call at each evaluation)."""
+        return denoised_prompt(model.encoder, self.tokenizer, self.template_texts[0], self.denoise, model.unpad), \
+            self.template_texts[0]
 
     def eval_embedding(self):
-        """The published test embedding: text template 1, the '.' rule, the raw [MASK] state."""
-        return {"pooler": "mask", "template": self.template_texts[0], "period": True}
+        """The published test embedding (text template 1, the '.' rule, the raw [MASK] state) and the dev one."""
+        return {"pooler": "mask", "template": self.template_texts[0], "period": True,
+                "dev": {"period": False, "denoise": self.denoise}}

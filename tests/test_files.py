@@ -2,7 +2,8 @@ import os
 
 import pytest
 
-from utils.checkpoint import atomic_dir, publish_dir, recover_dir, state_dir_name, state_dirs
+from utils.files import atomic_dir, publish_dir, recover_dir
+from utils.run_folder import state_dir_name, state_dirs
 
 
 def test_atomic_dir_replaces_only_on_success(tmp_path):

@@ -1,14 +1,16 @@
-"""Crash-safe output folders: write aside, then rename into place.
+"""Crash-safe writes: a file or folder is written aside, then renamed into place.
 
 A folder is written under `<path>.tmp`, then published: the old `<path>` (if any) is renamed to
 `<path>.old`, the new one renamed to `<path>`, and `<path>.old` removed. A kill at any moment leaves
 either the old or the new complete folder; `recover_dir` (run at start-up) puts `<path>.old` back if the
-kill fell between the two renames and removes half-written `.tmp` folders.
+kill fell between the two renames and removes half-written `.tmp` folders. JSON is written strict (NaN and
+inf become null) through a temporary file and a rename.
 """
 
 import contextlib
+import json
+import math
 import os
-import re
 import shutil
 
 
@@ -57,35 +59,22 @@ def atomic_dir(path: str):
     publish_dir(tmp, path)
 
 
-STEP_DIR = re.compile(r"^step_(\d+)$")
-EXPORT_DIR = re.compile(r"^step-(\d+)$")
+def json_safe(obj):
+    """NaN / inf -> None, recursively: strict JSON (jq, JavaScript) rejects them."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
 
 
-def _step_dirs(root: str, pattern: re.Pattern) -> list[tuple[int, str]]:
-    if not os.path.isdir(root):
-        return []
-    found = []
-    for name in os.listdir(root):
-        match = pattern.match(name)
-        if match and os.path.isdir(os.path.join(root, name)):
-            found.append((int(match.group(1)), os.path.join(root, name)))
-    return sorted(found)
-
-
-def state_dirs(state_root: str) -> list[tuple[int, str]]:
-    """Complete training-state folders `state_root/step_NNNNNNN`, sorted by step."""
-    return _step_dirs(state_root, STEP_DIR)
-
-
-def state_dir_name(step: int) -> str:
-    return f"step_{step:07d}"
-
-
-def export_dirs(root: str) -> list[tuple[int, str]]:
-    """Complete encoder exports `root/step-NNNNNN` (train.py --save_steps), sorted by step; half-written
-    `.tmp` / `.old` folders do not match."""
-    return _step_dirs(root, EXPORT_DIR)
-
-
-def export_dir_name(step: int) -> str:
-    return f"step-{step:06d}"
+def write_json_atomic(path: str, obj, **dump_kwargs) -> None:
+    """Write strict JSON to `path` through a temporary file and a rename: never a half-written file."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(json_safe(obj), f, allow_nan=False, **dump_kwargs)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
