@@ -9,6 +9,7 @@
 #   METHODS="simcse mixcse esimcse promptbert infocse" VARIANTS="baseline rr" bash run.sh   # the paper's five
 #   LAUNCH="accelerate launch --multi_gpu --num_processes 4" BATCH_SIZE=16 bash run.sh
 #   TRAIN_ARGS="--unpad_inputs" MIXED_PRECISION=bf16 bash run.sh      # train.py's speed flags
+#   METHODS="simcse esimcse" TRAIN_ARGS_esimcse="--queue_size 64" bash run.sh   # one method's own flags
 #   SEEDS="1 2" MODEL=../shared/models/all-MiniLM-L6-v2 \
 #     TRAIN_FILE=../shared/data/train/wiki1m_for_simcse.first11914.txt DATA_DIR=../shared/data \
 #     MAX_STEPS=60 EVAL_STEPS=20 SAVE_STEPS=10 BATCH_SIZE=32 bash run.sh   # a short CPU study
@@ -36,7 +37,7 @@ MODEL=${MODEL:-bert-base-uncased}
 TRAIN_FILE=${TRAIN_FILE:-data/wiki1m_for_simcse.txt}
 DATA_DIR=${DATA_DIR:-data}
 SEEDS=${SEEDS:-${SEED:-1 2 3 4 5}}     # SEED (one seed) is still understood
-METHODS=${METHODS:-simcse}             # train.py --method: simcse mixcse esimcse promptbert infocse
+METHODS=${METHODS:-simcse}             # train.py --method, any of: python3 -m utils.methods list
 VARIANTS=${VARIANTS:-baseline rr rr-schedule}  # baseline: no RR; rr: constant RR_WEIGHT; rr-schedule: RR_SCHEDULE
 RR_WEIGHT=${RR_WEIGHT:-0.1}            # a default, not a tuned value: the paper's weight is not known to us
 RR_SCHEDULE=${RR_SCHEDULE:-target}     # train.py --rr_schedule of the rr-schedule runs ...
@@ -57,10 +58,19 @@ CHECKPOINT_STEPS=${CHECKPOINT_STEPS:-1000}
 MIXED_PRECISION=${MIXED_PRECISION:-no}
 LAUNCH=${LAUNCH:-$PYTHON}
 TRAIN_ARGS=${TRAIN_ARGS:-}             # more train.py flags for every run, e.g. "--unpad_inputs --rank_eval_steps 25"
+# TRAIN_ARGS_<method> (e.g. TRAIN_ARGS_esimcse="--queue_size 64"): more flags for that method's runs only
 PROBING_DIR=${PROBING_DIR:-}           # SentEval probing files: probing accuracies in the analysis ...
 PROBING_AT=${PROBING_AT:-all}          # ... at every checkpoint, or `boundaries` (step 0, rank peak, best)
 PROBING_LIMIT=${PROBING_LIMIT:-}       # ... on at most N examples per split (analyze_rank.py --probing_limit)
 OUT=${OUT:-runs/study-$(basename "$MODEL")}
+
+# each seed, method and variant once (a repeated one would train into the folder it already trains)
+dedupe() { printf '%s\n' $1 | awk 'NF && !seen[$0]++' | tr '\n' ' ' | sed 's/ $//'; }
+for name in SEEDS METHODS VARIANTS; do
+  once=$(dedupe "${!name}")
+  if [ "$once" != "$(echo ${!name})" ]; then echo "run.sh: $name has a repeated value; using each once: $once"; fi
+  printf -v "$name" '%s' "$once"
+done
 
 for variant in $VARIANTS; do
   case $variant in baseline|rr|rr-schedule) ;; *)
@@ -68,12 +78,15 @@ for variant in $VARIANTS; do
   esac
 done
 
-declare -A recipe
+declare -A recipe method_args
+known=$("$PYTHON" -m utils.methods list)
 for method in $METHODS; do
   if ! recipe[$method]=$("$PYTHON" -m utils.methods recipe "$method" 2>/dev/null); then
-    echo "run.sh: error: METHODS: unknown method '$method' (choose from simcse mixcse esimcse promptbert infocse)" >&2
+    echo "run.sh: error: METHODS: unknown method '$method' (choose from $known)" >&2
     exit 2
   fi
+  extra="TRAIN_ARGS_$method"
+  method_args[$method]=${!extra:-}
 done
 
 # SimCSE's data, fetched only where the default paths are empty (user-given paths must exist).
@@ -127,7 +140,9 @@ PATIENCE=$PATIENCE
 SAVE_STEPS=$SAVE_STEPS
 SAVE_STEPS_UNTIL=$SAVE_STEPS_UNTIL
 MIXED_PRECISION=$MIXED_PRECISION
-TRAIN_ARGS=$TRAIN_ARGS"
+TRAIN_ARGS=$TRAIN_ARGS$(for method in $METHODS; do
+  if [ -n "${method_args[$method]}" ]; then printf '\nTRAIN_ARGS_%s=%s' "$method" "${method_args[$method]}"; fi
+done)"
 mkdir -p "$OUT"
 if [ -f "$OUT/study.settings" ]; then
   changed=$( (diff <(echo "$settings") "$OUT/study.settings" || true) | sed -n 's/^> \([A-Z_]*\)=.*/\1/p' | sort -u | tr '\n' ' ')
@@ -146,6 +161,7 @@ failed=()
 read -r -a schedule_args <<< "$RR_SCHEDULE_ARGS"
 for method in $METHODS; do
  read -r -a recipe_args <<< "${recipe[$method]}"
+ read -r -a own_args <<< "${method_args[$method]}"
  for seed in $SEEDS; do
   for variant in $VARIANTS; do
     dir="$OUT/runs/$variant-seed$seed"
@@ -157,6 +173,12 @@ for method in $METHODS; do
     if [ -f "$dir/summary.json" ] && grep -q -E '"status": "(finished|early_stopped)"' "$dir/summary.json"; then
       echo "run.sh: $dir is finished already; not training again"
     else
+      # a run that another train.py is training (it holds the folder's lock) is never touched
+      if [ -e "$dir/.lock" ] && ! flock -n "$dir/.lock" true; then
+        echo "run.sh: error: $dir is being trained by another process (pid $(cat "$dir/.lock")); stopping without" \
+             "touching it: run this study again once that process has ended" >&2
+        exit 2
+      fi
       resume=()
       if ls -d "$dir"/state/step_*[0-9] >/dev/null 2>&1; then
         resume=(--resume_from_checkpoint latest)
@@ -174,7 +196,7 @@ for method in $METHODS; do
         --eval_steps "$EVAL_STEPS" --early_stopping_patience "$PATIENCE" --save_steps "$SAVE_STEPS" ${SAVE_STEPS_UNTIL:+--save_steps_until "$SAVE_STEPS_UNTIL"} \
         --save_peak_checkpoint --checkpointing_steps "$CHECKPOINT_STEPS" --checkpoints_total_limit 1 \
         --mixed_precision "$MIXED_PRECISION" --max_grad_norm "$MAX_GRAD_NORM" --seed "$seed" \
-        --rank-reduction "$weight" "${rr_args[@]}" "${train_args[@]}" "${resume[@]}"; then
+        --rank-reduction "$weight" "${rr_args[@]}" "${train_args[@]}" "${own_args[@]}" "${resume[@]}"; then
         echo "run.sh: $dir failed; going on with the other runs" >&2
         failed+=("$dir")
         continue
@@ -192,6 +214,10 @@ analysed=()
 for dir in "${run_dirs[@]}"; do
   if [ -f "$dir/metrics.jsonl" ]; then analysed+=("$dir"); fi
 done
+if [ ${#analysed[@]} -eq 0 ]; then
+  echo "run.sh: error: no run of this study has started training, so there is nothing to analyse" >&2
+  exit 1
+fi
 "$PYTHON" analyze_rank.py --runs "${analysed[@]}" --data_dir "$DATA_DIR" --out "$OUT/analysis" \
   ${PROBING_DIR:+--probing_dir "$PROBING_DIR" --probing_at "$PROBING_AT"} ${PROBING_LIMIT:+--probing_limit "$PROBING_LIMIT"}
 echo "run.sh: report in $OUT/analysis/report.md"

@@ -39,7 +39,7 @@ from utils.phase import RankTracker, describe_peak, segment
 from utils.plateau import EarlyStopping
 from utils.pooling import SIMCSE_POOLERS
 from utils.rank_reduction import RankReduction
-from utils.run_folder import RunFolder, RunFolderError, full_disk_is_one_line, versions
+from utils.run_folder import RunFolder, RunFolderError, one_run, versions
 from utils.scoring import evaluate_in_training, load_eval_sets
 from utils.training import TrainState, TrainStep, Window, make_optimizer
 from utils.unpad import unsupported_reason
@@ -129,10 +129,13 @@ def model_problem(args, encoder, tokenizer, max_length: int) -> str | None:
         return f"--unpad_inputs cannot run {args.model_name_or_path}: {unsupported_reason(encoder)}"
     if args.max_seq_length > max_length:
         return f"--max_seq_length {args.max_seq_length} exceeds the model's limit of {max_length} tokens"
+    if args.pooler_type == "cls" and not args.mlp_only_train and getattr(encoder, "pooler", None) is None:
+        return (f"--no-mlp_only_train: the MLP is read at evaluation, and {type(encoder).__name__} has no pooler layer "
+                "for the export to hold it; use --mlp_only_train (or another --pooler_type)")
     return METHODS[args.method].check_tokenizer(tokenizer, args)
 
 
-@full_disk_is_one_line
+@one_run
 def main(argv=None):
     args = parse_args(argv)
     folder = RunFolder(args.output_dir, args.resume_from_checkpoint)
@@ -179,7 +182,7 @@ def main(argv=None):
         method = METHODS[args.method](args, model, tokenizer, steps_per_epoch=batches.steps_per_epoch)
     except ValueError as err:  # a method flag that does not fit this model (named in the message)
         fail(str(err))
-    # method.resolve_args(args)  (issue 24)
+    method.resolve_args(args)  # the run records (and a resume compares) model-dependent defaults as resolved
     model.sentence_embedding = method.eval_embedding()  # recorded in every export's config.json
     rank_reduction = RankReduction(method, args, total_steps) if args.rank_reduction > 0 else None
     training_model = TrainingModel(model, rank_reduction or method).to(accelerator.device)
@@ -334,7 +337,8 @@ def run_summary(args, status, state, total_steps, folder, tracker, stopper, rank
     detector = tracker.detector
     peak_checkpoint = folder.peak
     return {
-        "status": status, "method": args.method, "steps": state.step, "total_steps": total_steps,
+        "status": status, "method": args.method, "method_label": METHODS[args.method].label, "steps": state.step,
+        "total_steps": total_steps,
         "best_step": state.best_step, "best": state.best_metrics,
         "best_dir": folder.best_dir if state.best_step is not None else None,
         "train_seconds": round(state.train_seconds, 3),

@@ -52,9 +52,9 @@ def make_tiny_model(path: Path, kind: str = "bert", seed: int = 0, **config_over
         tokenizer = BertTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]",
                                       cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]",
                                       model_max_length=64)
-        config = BertConfig(vocab_size=tok.get_vocab_size(), hidden_size=32, num_hidden_layers=2,
-                            num_attention_heads=4, intermediate_size=64, max_position_embeddings=64,
-                            pad_token_id=tokenizer.pad_token_id, **config_overrides)
+        config = BertConfig(**{"vocab_size": tok.get_vocab_size(), "hidden_size": 32, "num_hidden_layers": 2,
+                               "num_attention_heads": 4, "intermediate_size": 64, "max_position_embeddings": 64,
+                               "pad_token_id": tokenizer.pad_token_id, **config_overrides})
         model = BertModel(config)
     elif kind == "roberta":
         from transformers import RobertaConfig, RobertaModel, RobertaTokenizerFast

@@ -86,3 +86,23 @@ def test_encode_with_a_template_embeds_the_formatted_sentences(tiny_bert):
     assert torch.equal(got[0], got[2])
     with pytest.raises(ValueError, match="row 0 has 0"):  # the mask pooler without a template
         encode(model, tokenizer, ["a b"])
+
+
+def test_a_templated_sentence_too_long_for_the_encoder_keeps_its_mask(tiny_bert):
+    from utils.model import load_pretrained
+    from utils.pooling import PooledEncoder
+    from utils.prompt import tokenize_template
+
+    encoder, tokenizer = load_pretrained(str(tiny_bert))
+    model = PooledEncoder(encoder, "mask", mask_token_id=tokenizer.mask_token_id).eval()
+    template = 'This sentence of "{sentence}" means {mask}.'
+    long = "a man is playing guitar on the street with a dog and two people in the park"
+    parts = tokenize_template(tokenizer, template)
+    got = encode(model, tokenizer, [long, "two dogs"], template=template, max_length=parts.length + 4)
+    words = tokenizer(long, add_special_tokens=False)["input_ids"][:4]  # the sentence is cut, not the template
+    ids = torch.tensor([[tokenizer.cls_token_id, *parts.prefix, *words, *parts.suffix, tokenizer.sep_token_id]])
+    with torch.no_grad():
+        expected = model(input_ids=ids, attention_mask=torch.ones_like(ids))
+    torch.testing.assert_close(got[:1], expected)
+    short = encode(model, tokenizer, ["two dogs"], template=template)  # a row that fits is tokenized whole
+    torch.testing.assert_close(got[1:], short)

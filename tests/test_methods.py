@@ -130,7 +130,8 @@ def test_a_resumed_run_equals_the_uninterrupted_one(tmp_path, tiny_bert, corpus,
     assert summary["method"] == method and summary["status"] == "finished"
     config = json.load(open(full / "best" / "config.json"))
     if method == "promptbert":  # the prompt and its [MASK] state: evaluate.py reads it, sentence-transformers cannot
-        assert config["sentence_embedding"]["pooler"] == "mask" and not (full / "best" / "modules.json").exists()
+        assert config["sentence_embedding"]["pooler"] == "mask"
+        assert "NotExpressible" in (full / "best" / "modules.json").read_text()
     else:
         assert "sentence_embedding" not in config and (full / "best" / "modules.json").exists()
 
@@ -202,3 +203,18 @@ def test_two_processes_match_one_on_the_global_batch_where_the_method_allows(tmp
         for name, grad in ranks[0][method][1].items():
             torch.testing.assert_close(ranks[1][method][1][name], grad, msg=f"{method} {name}")
     assert not torch.equal(ranks[0]["queue"], ranks[1]["queue"])  # never gathered: each process's own rows
+
+
+def test_a_model_dependent_default_is_recorded_as_resolved_and_a_resume_may_name_it(tmp_path, tiny_bert, corpus,
+                                                                                    fake_senteval):
+    from tests.conftest import train_in_process
+
+    out = tmp_path / "out"
+    args = ("--method", "infocse", "--max_train_steps", "2", "--eval_steps", "2", "--checkpointing_steps", "1")
+    train_in_process(tiny_bert, corpus, fake_senteval, out, *args[:-2], "--checkpointing_steps", "1",
+                     "--max_train_steps", "1")
+    assert json.load(open(out / "run.json"))["args"]["frozen_layers"] == 2  # min(6, the model's 2 layers)
+    # the default given explicitly is the same training: the resume goes on
+    train_in_process(tiny_bert, corpus, fake_senteval, out, *args, "--frozen_layers", "2",
+                     "--resume_from_checkpoint", "latest")
+    assert json.load(open(out / "summary.json"))["steps"] == 2

@@ -53,12 +53,19 @@ def test_mlp_is_used_in_training_only_with_mlp_only_train(tiny_bert):
         torch.testing.assert_close(model.eval()(**batch), raw_cls)
 
 
-def test_poolers_without_a_sentence_transformers_equivalent_get_no_modules_json(tiny_bert, tmp_path):
+@pytest.mark.parametrize("pooler", ["avg_first_last", "avg_top2", "mask"])
+def test_an_embedding_sentence_transformers_cannot_express_fails_to_load_there_saying_so(tiny_bert, tmp_path, pooler):
+    from sentence_transformers import SentenceTransformer
+    from transformers import AutoModel
+
     encoder, tokenizer = load_pretrained(str(tiny_bert))
-    model = SimCSEModel(encoder, "avg_first_last", mlp_only_train=False)
+    model = SimCSEModel(encoder, "cls" if pooler == "mask" else pooler, mlp_only_train=True)
+    if pooler == "mask":  # PromptBERT's export: the [MASK] state of a template
+        model.sentence_embedding = {"pooler": "mask", "template": "{sentence} means {mask}", "period": True}
     model.save_pretrained(str(tmp_path / "e"), tokenizer, 62)
-    assert not os.path.exists(tmp_path / "e" / "modules.json")
-    assert os.path.exists(tmp_path / "e" / "config.json")
+    with pytest.raises(ImportError, match="NotExpressible__read_this_checkpoint_with_evaluate_py"):
+        SentenceTransformer(str(tmp_path / "e"), device="cpu")  # not a silent mean-pooling
+    assert AutoModel.from_pretrained(str(tmp_path / "e")).config.sentence_pooler == pooler
 
 
 def test_missing_model_is_one_clear_error(tmp_path):

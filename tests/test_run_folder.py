@@ -36,6 +36,12 @@ def test_evaluation_cadence_is_a_training_flag_where_training_reads_the_evaluati
         "rank_eval_steps": (10, 5), "rank_eval_until": (60, 9)}
     constant = {**dense, "rr_schedule": "constant"}  # nothing reads STS-B dev
     assert compare_args(constant, {**constant, "rank_eval_steps": 5, "eval_steps": 5})[0] == {}
+    # the peak detector is fed by every evaluation, the full ones too: their cadence moves the declared peak
+    assert compare_args(peak, {**peak, "eval_steps": 5})[0] == {"eval_steps": (125, 5)}
+    # an early stop counts STS-B dev evaluations
+    stopping = {**ARGS, "early_stopping_patience": 3}
+    assert compare_args(stopping, {**stopping, "eval_steps": 5})[0] == {"eval_steps": (125, 5)}
+    assert compare_args(stopping, {**stopping, "early_stopping_patience": 5}) == ({}, {"early_stopping_patience": (3, 5)})
 
 
 def _state(folder, run_id=None, step=2):

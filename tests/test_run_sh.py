@@ -60,13 +60,16 @@ def test_a_run_killed_before_its_first_state_is_moved_out_of_the_runs_folder(tmp
     half = tmp_path / "study" / "runs" / "mixcse-baseline-seed1"
     half.mkdir(parents=True)
     (half / "metrics.jsonl").write_text('{"step": 0}\n')
-    proc = _study(tmp_path, tiny_bert, corpus, fake_senteval_sts, VARIANTS="baseline", METHODS="mixcse")
+    proc = _study(tmp_path, tiny_bert, corpus, fake_senteval_sts, VARIANTS="baseline", METHODS="mixcse",
+                  TRAIN_ARGS_mixcse="--mix_lambda 0.3")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert os.listdir(tmp_path / "study" / "runs") == ["mixcse-baseline-seed1"]
     mix = json.loads((half / "summary.json").read_text())["args"]
     # MixCSE's recipe (the MLP kept at evaluation), with the study's explicit LR and BATCH_SIZE over the recipe's
     assert mix["method"] == "mixcse" and mix["mlp_only_train"] is False
     assert mix["learning_rate"] == 1e-3 and mix["per_device_train_batch_size"] == 8
+    assert mix["mix_lambda"] == 0.3  # TRAIN_ARGS_mixcse: that method's own flags
+    assert "TRAIN_ARGS_mixcse=--mix_lambda 0.3" in (tmp_path / "study" / "study.settings").read_text()
     aside = os.listdir(tmp_path / "study" / "interrupted")
     assert len(aside) == 1 and aside[0].startswith("mixcse-baseline-seed1-")
     assert (tmp_path / "study" / "interrupted" / aside[0] / "metrics.jsonl").read_text() == '{"step": 0}\n'
@@ -91,3 +94,31 @@ def test_bad_settings_fail_with_one_line(tmp_path, tiny_bert, corpus, fake_sente
     assert proc.returncode == 2
     assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert not (tmp_path / "study" / "runs").exists()
+
+
+def test_a_run_another_process_trains_is_never_touched_and_repeated_seeds_count_once(tmp_path, tiny_bert, corpus,
+                                                                                   fake_senteval_sts):
+    import fcntl
+
+    live = tmp_path / "study" / "runs" / "baseline-seed1"
+    live.mkdir(parents=True)
+    (live / "metrics.jsonl").write_text('{"step": 0}\n')  # no saved state yet: it would have been moved aside
+    with open(live / ".lock", "w") as lock:
+        lock.write("4242")
+        lock.flush()
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as train.py holds it while it trains
+        proc = _study(tmp_path, tiny_bert, corpus, fake_senteval_sts, SEEDS="1 1", VARIANTS="baseline")
+    assert proc.returncode == 2
+    assert "SEEDS has a repeated value; using each once: 1" in proc.stdout
+    assert proc.stderr.strip().splitlines() == [
+        f"run.sh: error: {live} is being trained by another process (pid 4242); stopping without touching it: run "
+        "this study again once that process has ended"]
+    assert (live / "metrics.jsonl").read_text() == '{"step": 0}\n' and not (tmp_path / "study" / "interrupted").exists()
+
+
+def test_a_study_whose_runs_never_start_says_so_in_one_line(tmp_path, tiny_bert, corpus, fake_senteval_sts):
+    proc = _study(tmp_path, tiny_bert, corpus, fake_senteval_sts, VARIANTS="baseline", TRAIN_ARGS="--dup_rate 0.5")
+    assert proc.returncode == 1
+    assert "argument --dup_rate: belongs to --method esimcse" in proc.stderr
+    assert "run.sh: error: no run of this study has started training, so there is nothing to analyse" in proc.stderr
+    assert "usage:" not in proc.stderr.replace("usage: train.py", "")

@@ -15,7 +15,7 @@ import time
 import pytest
 import torch
 
-from tests.conftest import REPO, make_tiny_model, write_corpus
+from tests.conftest import REPO, make_tiny_model, run_in_process, train_argv, write_corpus
 
 TIMING_KEYS = {"elapsed_s", "sentences_per_s"}
 
@@ -688,3 +688,46 @@ def test_rr_anneal_lr_stops_the_updates_after_the_stall(tmp_path, tiny_bert, cor
 def test_rr_anneal_lr_needs_a_stall_detecting_schedule(tmp_path, tiny_bert, corpus, fake_senteval):
     err = bad_run(tmp_path, tiny_bert, corpus, fake_senteval, "--rank-reduction", "0.1", "--rr_anneal_lr")
     assert "--rr_anneal_lr" in err and "--rr_schedule plateau or target" in err
+
+
+# ---- flags that cannot work with this model or method: refused at the start, by name
+
+
+def test_an_mlp_read_at_evaluation_needs_a_pooler_slot_in_the_export(tiny_bert):
+    from transformers import DistilBertConfig, DistilBertModel
+
+    from train import model_problem, parse_args
+    from utils.model import load_pretrained
+
+    encoder, tokenizer = load_pretrained(str(tiny_bert))
+    base = ["--train_file", "-", "--eval_data_dir", "-", "--output_dir", "-", "--max_seq_length", "16"]
+    distil = DistilBertModel(DistilBertConfig(vocab_size=len(tokenizer), dim=32, n_layers=1, n_heads=4, hidden_dim=64))
+    message = model_problem(parse_args([*base, "--no-mlp_only_train"]), distil, tokenizer, 64)
+    assert message.startswith("--no-mlp_only_train: the MLP is read at evaluation, and DistilBertModel has no pooler")
+    assert model_problem(parse_args(base), distil, tokenizer, 64) is None  # the raw [CLS]: nothing to hold
+    assert model_problem(parse_args([*base, "--no-mlp_only_train"]), encoder, tokenizer, 64) is None  # BERT has one
+
+
+@pytest.mark.parametrize("extra, message", [
+    (("--method", "infocse", "--mlm_weight", "nan"), "argument --mlm_weight: must be >= 0, got nan"),
+    (("--method", "promptbert", "--pooler_type", "avg"), "argument --pooler_type: PromptBERT reads the [MASK] state"),
+    (("--rank-reduction", "0.1", "--rr_schedule", "linear", "--rr_decay_steps", "0"), "argument --rr_decay_steps: 0"),
+    (("--method", "esimcse", "--dup_rate", "inf"), "argument --dup_rate: must be >= 0, got inf"),
+])
+def test_flag_values_that_cannot_train_are_refused_by_name(tmp_path, tiny_bert, corpus, fake_senteval, extra, message):
+    import train
+
+    proc = run_in_process(train.main, train_argv(tiny_bert, corpus, fake_senteval, tmp_path / "out", *extra))
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-2000:]
+    assert not (tmp_path / "out").exists()
+
+
+def test_promptbert_refuses_a_max_seq_length_its_templates_cannot_hold(tmp_path, corpus, fake_senteval):
+    import train
+
+    short = make_tiny_model(tmp_path / "short", "bert", max_position_embeddings=24)  # 10 template tokens + 14
+    proc = run_in_process(train.main, train_argv(short, corpus, fake_senteval, tmp_path / "out", "--method",
+                                                 "promptbert", "--max_seq_length", "20"))
+    assert proc.returncode == 2
+    assert "argument --max_seq_length: 20 tokens put in PromptBERT's templates outrun the encoder's 24 positions" \
+        in proc.stderr and "Traceback" not in proc.stderr

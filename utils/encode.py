@@ -8,8 +8,7 @@ memory, and the embeddings stay on the device until the end, so the host never w
 prepares the next batch while the GPU runs this one.
 
 A text template (PromptBERT's `This sentence of "{sentence}" means {mask}.`) is applied to each sentence
-before tokenizing (`apply_template`); a checkpoint records the one it is read with in its config
-(`sentence_embedding`, see `sentence_embedding_of`).
+before tokenizing (utils/prompt.py); how a checkpoint says it is read: utils/embedding.py.
 """
 
 import argparse
@@ -19,7 +18,7 @@ import numpy as np
 import torch
 
 from utils.data import pad_batch
-from utils.prompt import apply_template
+from utils.prompt import apply_template, fit_template_rows
 
 # tokens per batch on a GPU = batch_size x this (padded length): 128 sentences of 64 tokens, 512 of 16
 GPU_TOKENS_PER_ROW = 64
@@ -83,7 +82,8 @@ def encode(model, tokenizer, sentences, *, batch_size: int = 128, max_length: in
     `model` is called as model(input_ids=..., attention_mask=..., [token_type_ids=...]) in eval mode;
     the caller's train/eval mode is restored afterwards. `batch_size` sentences per batch on a CPU; on a
     GPU a budget of batch_size x GPU_TOKENS_PER_ROW tokens. With `template` / `period`, what is tokenized
-    is `apply_template(sentence, template, tokenizer.mask_token, period)`.
+    is `apply_template(sentence, template, tokenizer.mask_token, period)`; a templated row longer than
+    `max_length` is cut in its sentence, so the template and its [MASK] stay whole.
     """
     if device is None:
         device = next(model.parameters()).device
@@ -95,7 +95,11 @@ def encode(model, tokenizer, sentences, *, batch_size: int = 128, max_length: in
     if not unique:
         raise ValueError("encode() got no sentences")
     texts = apply_template(unique, template, tokenizer.mask_token, period) if (template or period) else unique
-    tokenized = tokenizer(texts, truncation=True, max_length=max_length)
+    if template:  # a row too long for the encoder loses sentence tokens, never the template's [MASK]
+        tokenized = tokenizer(texts)
+        fit_template_rows(tokenized, apply_template(unique, None, period=period), template, tokenizer, max_length)
+    else:
+        tokenized = tokenizer(texts, truncation=True, max_length=max_length)
     columns = {k: tokenized[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in tokenized}
     lengths = [len(ids) for ids in columns["input_ids"]]
     gpu = device.type == "cuda"

@@ -182,14 +182,20 @@ class SimCSEModel(nn.Module):
                                           max_seq_length, self.mlp if use_mlp else None)
 
 
+# what SentenceTransformer(folder) fails to import, with this name in its error, where it cannot express the embedding
+NOT_EXPRESSIBLE = "sentence_transformers.models.NotExpressible__read_this_checkpoint_with_evaluate_py__see_README_md"
+
+
 def write_sentence_transformers_files(out_dir, eval_pooler, hidden_size, max_seq_length, mlp=None):
     """modules.json + 1_Pooling (+ 2_Dense for an MLP) in sentence-transformers' long-standing layout.
 
     sentence-transformers has no pooler for SimCSE's `avg_first_last` / `avg_top2`, nor for PromptBERT's
-    [MASK] state of a prompt (`mask`); those checkpoints get no modules.json (sentence-transformers would silently mean-pool), only the transformers files.
+    [MASK] state of a prompt (`mask`). Without a modules.json it would mean-pool such a checkpoint with
+    nothing but an INFO line, so theirs names a module that does not exist: loading fails, saying why.
     """
     modes = {"cls": "cls_token", "cls_before_pooler": "cls_token", "avg": "mean_tokens"}
     if eval_pooler not in modes:
+        _write_json(os.path.join(out_dir, "modules.json"), [{"idx": 0, "name": "0", "path": "", "type": NOT_EXPRESSIBLE}])
         return
     modules = [
         {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},

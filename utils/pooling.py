@@ -68,7 +68,7 @@ def pool(pooler_type: str, attention_mask: torch.Tensor, outputs, input_ids: tor
     """Pool a `BaseModelOutput*` into one (B, H) sentence embedding per row (`mask` also reads the (B, L)
     `input_ids` and the tokenizer's `mask_token_id`)."""
     if pooler_type == "cls":
-        if outputs.pooler_output is None:
+        if getattr(outputs, "pooler_output", None) is None:
             raise ValueError(
                 "pooler 'cls' needs the encoder's pooler layer, and this model has none; "
                 "use --pooler cls_before_pooler for the raw [CLS] vector"

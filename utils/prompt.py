@@ -89,6 +89,28 @@ def tokenize_template(tokenizer, template: str) -> Template:
     return Template(prefix, suffix, hits[0])
 
 
+def fit_template_rows(tokenized, sentences, template: str, tokenizer, max_length: int) -> None:
+    """In place: each row of `tokenized` (the templated sentences, tokenized whole, without truncation) that is
+    longer than `max_length` becomes [CLS] prefix sentence suffix [SEP] with the sentence's own tokens cut to
+    fit, so the template and its [MASK] stay whole. Rows that fit are left as the tokenizer made them.
+    ValueError where the template alone does not fit."""
+    long = [i for i, ids in enumerate(tokenized["input_ids"]) if len(ids) > max_length]
+    if not long:
+        return
+    parts = tokenize_template(tokenizer, template)
+    room = max_length - parts.length
+    if room < 0:
+        raise ValueError(f"template {template!r} takes {parts.length} tokens, more than the {max_length} the "
+                         "encoder accepts")
+    for i in long:
+        words = tokenizer(sentences[i], add_special_tokens=False)["input_ids"][:room]
+        row = [tokenizer.cls_token_id, *parts.prefix, *words, *parts.suffix, tokenizer.sep_token_id]
+        tokenized["input_ids"][i] = row
+        tokenized["attention_mask"][i] = [1] * len(row)
+        if "token_type_ids" in tokenized:
+            tokenized["token_type_ids"][i] = [0] * len(row)
+
+
 def empty_template_inputs(templates, copies: int, cls_id: int, sep_id: int, pad_id: int, start: int = 0):
     """The denoising batch: for each template, `copies` rows of its empty form [CLS] prefix suffix [SEP],
     copy k with positions start + j, plus k from the sentence slot (column 1 + len(prefix)) on.

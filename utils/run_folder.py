@@ -336,7 +336,8 @@ class RunFolder:
         self.check()
         if accelerator.is_main_process:
             os.makedirs(self.dir, exist_ok=True)
-            self.lock = FolderLock(self.dir)  # held until the process ends
+            self.lock = FolderLock(self.dir)  # held until the process ends, or main() returns (see one_run)
+            _HELD.append(self.lock)
         self.check()  # again under the lock: another process may have started a run meanwhile
         if self.resume:
             self.saved = read_run(self.dir)
@@ -457,9 +458,14 @@ def versions() -> dict:
             "transformers": transformers.__version__, "accelerate": accelerate.__version__}
 
 
-def full_disk_is_one_line(main):
-    """A full disk ends the script with one line and exit code 2: every save is written aside and renamed into
-    place, so all that was saved before is complete and the run resumes from its last state."""
+_HELD = []  # the folder locks taken by the main() running in this process
+
+
+def one_run(main):
+    """train.py's main() as one run: a full disk ends it with one line and exit code 2 (every save is written
+    aside and renamed into place, so all that was saved before is complete and the run resumes from its last
+    state), and the folder's lock is released when main() ends however it ends, also where it is called
+    again in the same process."""
     @functools.wraps(main)
     def wrapped(*args, **kwargs):
         try:
@@ -471,4 +477,7 @@ def full_disk_is_one_line(main):
                   "earlier save is complete (saves are written aside, then renamed into place): free space and "
                   "resume with --resume_from_checkpoint latest", file=sys.stderr)
             raise SystemExit(2) from None
+        finally:
+            while _HELD:
+                _HELD.pop().release()
     return wrapped

@@ -69,9 +69,10 @@ class PromptBERT(Method):
         self.start = position_start(encoder)
         self.max_copies = (encoder.config.max_position_embeddings - self.start
                            - max(t.length for t in self.templates) + 1)  # copies whose positions all exist
-        if self.max_copies < 1:
-            raise ValueError(f"promptbert: the templates are longer than the encoder's "
-                             f"{encoder.config.max_position_embeddings} positions")
+        if args.max_seq_length - 2 >= self.max_copies:  # a batch's sentence has up to max_seq_length - 2 tokens
+            raise ValueError(f"argument --max_seq_length: {args.max_seq_length} tokens put in PromptBERT's templates "
+                             f"outrun the encoder's {encoder.config.max_position_embeddings} positions; at most "
+                             f"{max(self.max_copies + 1, 2)} fit")
         # k = 0 .. max_seq_length: every sentence length a batch can hold (the authors encode 50 copies)
         self.copies = min(args.max_seq_length + 1, self.max_copies)
         if self.denoise and "position_ids" not in inspect.signature(encoder.forward).parameters:
@@ -82,6 +83,9 @@ class PromptBERT(Method):
 
     @classmethod
     def check_args(cls, args):
+        if getattr(args, "pooler_type", "cls") != "cls":
+            return (f"argument --pooler_type: PromptBERT reads the [MASK] state and trains SimCSE's cls head over it; "
+                    f"use cls, got {args.pooler_type}")
         for flag in TEMPLATE_FLAGS:
             problem = template_problem(getattr(args, flag[2:]))
             if problem:
