@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from tests.conftest import make_tiny_model
+from utils.methods import add_arguments
 from utils.methods.promptbert import PromptBERT
 from utils.model import SimCSEModel, load_pretrained
 
@@ -47,8 +48,11 @@ def _text(template, sentence, tokenizer):
 
 def test_flags_recipe_and_the_export_embedding(tiny_bert):
     parser = argparse.ArgumentParser()
+    add_arguments(parser)  # the registry files every PromptBERT flag under its method's group
+    group = next(g for g in parser._action_groups if g.title == "--method promptbert only")
+    assert sorted(a.option_strings[0] for a in group._group_actions) == sorted(f for f, _ in PromptBERT.flags)
+    parser = argparse.ArgumentParser()
     for flag, kwargs in PromptBERT.flags:
-        assert kwargs["help"].startswith("promptbert: ")
         parser.add_argument(flag, **kwargs)
     args = parser.parse_args([])
     assert (args.prompt_template1, args.prompt_template2, args.prompt_denoise) == (T1, T2, True)
