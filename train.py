@@ -192,9 +192,7 @@ def main(argv=None):
                               num_training_steps=total_steps)
     prepared, optimizer = accelerator.prepare(training_model, optimizer)
     prepared.train()  # the evaluations leave each module in the mode they found it in
-    if args.torch_compile:  # after DDP wrapping, as accelerate itself does; evaluation runs `model`
-        prepared = torch.compile(prepared, mode=None if args.torch_compile == "default" else args.torch_compile)
-    train_step = TrainStep(prepared, optimizer, scheduler, accelerator, args.temp, args.max_grad_norm)
+    train_step = TrainStep(prepared, optimizer, scheduler, accelerator, args.temp, args.max_grad_norm, args.torch_compile)
     tracker, stopper = RankTracker(args, total_steps), EarlyStopping(args.early_stopping_patience)
     state, window = TrainState(), Window(accelerator.device)
     accelerator.register_for_checkpointing(scheduler, state, window, tracker, stopper,
@@ -266,22 +264,23 @@ def main(argv=None):
             break
         started = time.perf_counter()
         weight = rank_reduction.begin_step(state.step, tracker.declared, optimizer, scheduler) if rank_reduction else 0.0
-        terms, finite = train_step(method.views(batches(state.step), state.step))
-        if not finite:
-            status = f"stopped: {non_finite(terms)} at step {state.step + 1}"
-            break
+        terms, finite = train_step(method.views(batches(state.step), state.step))  # a non-finite update is skipped
         if rank_reduction:
             rank_reduction.end_step(terms[2])
         state.step += 1
         state.train_seconds += time.perf_counter() - started
-        window.add(terms, weight, time.perf_counter() - started)
+        window.add(terms, finite, state.step, weight, time.perf_counter() - started)
         progress.update(1)
         if state.step % args.logging_steps == 0 or state.step == total_steps:
+            if window.failure():  # read with the record: the host does not wait on every step
+                break
             folder.log(train_record(state, window, batches, scheduler, rank_reduction, tracker.phase))
     progress.close()
 
     # ---- the end: the last state where it is needed, the summary
-    if stopper.stopped:
+    if window.failure():  # its update, and any later non-finite one, was skipped: the weights are the last good
+        status = f"stopped: {window.failure()}"
+    elif stopper.stopped:
         status = "early_stopped"
     elif status == "finished" and state.best_step is None:
         status = "stopped: no evaluation gave a finite STS-B dev score (check the evaluation files and the model)"
@@ -301,12 +300,6 @@ def main(argv=None):
         say(f"error: {status}; the last good state is in {last_state}.{advice}")
         raise SystemExit(1)
     accelerator.print(f"best STS-B dev {state.best_score:.2f} at step {state.best_step} -> {folder.best_dir}")
-
-
-def non_finite(terms) -> str:
-    loss, grad_norm = terms[0].item(), terms[3].item()
-    return f"the loss became {loss}" if not math.isfinite(loss) else \
-        f"the gradient norm became {grad_norm} (loss {loss:.4g})"
 
 
 def train_record(state, window, batches, scheduler, rank_reduction, phase: int) -> dict:

@@ -133,10 +133,8 @@ class TrainPy:
         self.steps = {}
         for key, prepared in zip(objectives, models):
             prepared.train()
-            if args.torch_compile:
-                prepared = torch.compile(prepared, mode=None if args.torch_compile == "default" else args.torch_compile)
             self.steps[key] = TrainStep(prepared, self.optimizer, self.scheduler, self.accelerator, args.temp,
-                                        args.max_grad_norm)
+                                        args.max_grad_norm, args.torch_compile)
 
     def run(self, key: str, step: int) -> None:
         """One optimizer step on global step `step`'s batch and views, as train.py draws them."""

@@ -9,7 +9,7 @@ import shutil
 import pytest
 import torch
 
-from benchmarks import bench_encode, bench_methods, bench_rr_solvers, bench_step, bench_transfer, timing
+from benchmarks import bench_encode, bench_memory, bench_methods, bench_rr_solvers, bench_step, bench_transfer, timing
 from utils.methods import METHODS
 from utils.transfer import TREC_LABELS
 
@@ -169,10 +169,26 @@ def test_transfer_times_both_fitters_on_cached_features(tmp_path, tiny_bert, sen
     assert "use another --cache_dir" in str(err.value)
 
 
+def test_memory_reads_every_variant_in_its_own_process(tmp_path, tiny_bert, fake_senteval_sts, capsys):
+    out = tmp_path / "memory.json"
+    r = bench_memory.main(["--model", str(tiny_bert), "--data_dir", str(fake_senteval_sts), "--batch_size", "4",
+                           "--cpu", "--at", "2", "3", "--json", str(out)])
+    assert json.loads(out.read_text()) == r and r["at"] == [2, 3] and not r.get("failed")
+    assert list(r["variants"]) == ["default", "unpad", "unpad-exact"]
+    for v in r["variants"].values():
+        assert len(v["rss_mb"]) == 2 and all(map(_positive, v["rss_mb"] + v["ms_per_step"]))
+        stages = list(v["stages_mb"].values())
+        assert list(v["stages_mb"]) == ["imports", "model_and_optimizer", "first_step"] and all(map(_positive, stages))
+        assert stages[0] < stages[1]  # the model's weights and the optimizer count after the imports
+    table = capsys.readouterr().out
+    assert "| unpad-exact |" in table and "RSS at step 3, MB" in table and "first step" in table
+
+
 @pytest.mark.parametrize("script, flag, value", [
     (bench_step, "--steps", "0"), (bench_step, "--batch_size", "1"), (bench_step, "--warmup_steps", "0"),
     (bench_step, "--rank_reduction", "-1"), (bench_methods, "--methods", "nope"), (bench_encode, "--eval_steps", "0"),
-    (bench_rr_solvers, "--batch_sizes", "1"), (bench_rr_solvers, "--repeats", "0"), (bench_transfer, "--tasks", "XX")])
+    (bench_rr_solvers, "--batch_sizes", "1"), (bench_rr_solvers, "--repeats", "0"), (bench_transfer, "--tasks", "XX"),
+    (bench_memory, "--at", "1"), (bench_memory, "--variants", "nope")])
 def test_bad_numbers_and_names_are_rejected(script, flag, value, capsys):
     required = {bench_rr_solvers: [], bench_transfer: ["--model_name_or_path", "m", "--cache_dir", "c"]}
     with pytest.raises(SystemExit):

@@ -14,6 +14,7 @@ import time
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from tests.conftest import REPO, make_tiny_model, run_in_process, train_argv, write_corpus
 
@@ -245,9 +246,15 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_state(tmp_path, tiny_bert
     err = bad_run(tmp_path, tiny_bert, corpus, fake_senteval, "--temp", "1e-40", out=out)
     assert "loss became nan at step 1" in err
     summary = json.load(open(out / "summary.json"))
-    assert summary["status"].startswith("stopped") and summary["steps"] == 0
-    assert (out / "state" / "step_0000000" / "model.safetensors").exists()
-    assert (out / "best" / "model.safetensors").exists()  # the step-0 evaluation is kept
+    # read with the first record (every 2 steps): both steps' updates were skipped, so the state saved at
+    # step 2 holds the starting weights
+    assert summary["status"].startswith("stopped") and summary["steps"] == 2
+    saved = load_file(out / "state" / "step_0000002" / "model.safetensors")
+    start = load_file(out / "best" / "model.safetensors")  # best/ is step 0's, the only evaluation
+    assert json.load(open(out / "best" / "best_metrics.json"))["step"] == 0
+    assert torch.equal(saved["model.encoder.embeddings.word_embeddings.weight"],
+                       start["embeddings.word_embeddings.weight"])
+    assert not [r for r in records(out) if r["event"] == "train"]  # no record of the non-finite window
 
 
 # ---- representation rank: probe metrics, phases, Rank Reduction
@@ -396,9 +403,9 @@ def test_unpad_refuses_an_unsupported_model_by_flag(tmp_path, corpus, fake_sente
 
 # ---- the optimizer step: gradient clipping, non-finite gradients, RR schedules
 
-def _step_setup(tiny_bert, mixed_precision="no", temp=0.05, max_norm=0.0, rank_reduction=0.0):
-    """A TrainStep of SimCSE (with RR at weight `rank_reduction`), under plain SGD with lr 1: the update IS minus
-    the (clipped) gradient."""
+def _step_setup(tiny_bert, mixed_precision="no", temp=0.05, max_norm=0.0, rank_reduction=0.0, fused=False):
+    """A TrainStep of SimCSE (with RR at weight `rank_reduction`), under plain SGD with lr 1 (the update IS minus
+    the (clipped) gradient), or with `fused` train.py's fused AdamW."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
 
@@ -406,7 +413,7 @@ def _step_setup(tiny_bert, mixed_precision="no", temp=0.05, max_norm=0.0, rank_r
     from utils.methods import METHODS, TrainingModel
     from utils.model import SimCSEModel, load_pretrained
     from utils.rank_reduction import RankReduction
-    from utils.training import TrainStep
+    from utils.training import TrainStep, make_optimizer
 
     AcceleratorState._reset_state(reset_partial_state=True)  # one process-wide state: another test's precision
     encoder, tokenizer = load_pretrained(str(tiny_bert))
@@ -419,7 +426,7 @@ def _step_setup(tiny_bert, mixed_precision="no", temp=0.05, max_norm=0.0, rank_r
         objective = RankReduction(objective, args, total_steps=1)
     model = TrainingModel(sentence_model, objective).train()
     accelerator = Accelerator(cpu=True, mixed_precision=mixed_precision)
-    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    optimizer = make_optimizer(model, 1e-3, 0.0, "cpu") if fused else torch.optim.SGD(model.parameters(), lr=1.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     model, optimizer = accelerator.prepare(model, optimizer)
     if rank_reduction:
@@ -446,14 +453,16 @@ def test_gradient_clipping_bounds_the_update(tiny_bert, mixed_precision, max_nor
 
 
 def test_a_finite_loss_with_an_infinite_gradient_is_not_applied(tiny_bert):
-    model, step, tokenizer = _step_setup(tiny_bert, temp=1e-30)
+    model, step, tokenizer = _step_setup(tiny_bert, temp=1e-30, fused=True)
     # repeated sentences and a tiny temperature: tied logits keep the loss at log(4), their gradient overflows
     batch = dict(tokenizer(["a man is playing"] * 4 + ["two dogs"] * 4, padding=True, return_tensors="pt"))
     before = [p.detach().clone() for p in model.parameters()]
     inputs = {k: torch.cat([v, v]) for k, v in batch.items()}
     terms, finite = step(inputs)
     assert math.isfinite(terms[0].item()) and not math.isfinite(terms[3].item()) and not finite
+    # skipped on the device (no host wait): the weights and Adam's moments are as they were
     assert all(torch.equal(p.detach(), b) for p, b in zip(model.parameters(), before))
+    assert all(not state or state["step"] == 0 for state in step.inner.state.values())
 
 
 def test_an_infinite_gradient_stops_the_run_before_the_update(tmp_path, tiny_bert, fake_senteval):
@@ -463,7 +472,7 @@ def test_an_infinite_gradient_stops_the_run_before_the_update(tmp_path, tiny_ber
     err = bad_run(tmp_path, tiny_bert, corpus, fake_senteval, "--temp", "1e-30", out=out)
     assert "gradient norm became inf" in err and "at step 1" in err
     summary = json.load(open(out / "summary.json"))
-    assert summary["status"].startswith("stopped") and summary["steps"] == 0
+    assert summary["status"].startswith("stopped") and summary["steps"] == 2  # read with the step-2 record
 
 
 def test_rr_schedule_is_logged_and_decays(tmp_path, tiny_bert, corpus, fake_senteval):

@@ -101,3 +101,33 @@ def test_bf16_autocast_matches_the_encoders_own_forward(no_dropout, device):
     finally:
         encoder.to("cpu")
     torch.testing.assert_close(out[mask], ref[mask], atol=5e-2, rtol=5e-2)
+
+
+def test_packed_rows_come_in_a_few_sizes_and_the_spare_rows_are_read_by_no_token():
+    from utils.unpad import PACK_MULTIPLE, packed_rows
+
+    sizes = set()
+    for real in range(1, 300, 7):
+        mask = torch.zeros(16, 32, dtype=torch.long)
+        mask.view(-1)[torch.randperm(16 * 32, generator=torch.Generator().manual_seed(real))[:real]] = 1
+        rows, n = packed_rows(mask)
+        assert n == real and rows.shape[0] % PACK_MULTIPLE == 0 and rows.shape[0] - real < PACK_MULTIPLE
+        assert torch.equal(rows[:real], mask.view(-1).nonzero().squeeze(1))  # the real tokens, in order
+        assert torch.equal(rows[real:], torch.arange(16 * 32, 16 * 32 + rows.shape[0] - real))  # past the layout
+        sizes.add(rows.shape[0])
+    assert len(sizes) == 5  # 43 token counts from 1 to 295: 5 shapes (64 ... 320), not 43
+    assert packed_rows(mask, multiple=1)[0].shape[0] == n  # multiple 1: exactly the real tokens
+
+
+def test_the_spare_rows_change_no_output(no_dropout, monkeypatch):
+    import utils.unpad
+
+    encoder, tokenizer = no_dropout
+    batch = _batch(tokenizer)
+    encoder.eval()
+    with torch.no_grad():
+        bucketed = unpadded_forward(encoder, **batch, output_hidden_states=True)
+        monkeypatch.setattr(utils.unpad, "PACK_MULTIPLE", 1)  # the exact token count, as before the buckets
+        exact = unpadded_forward(encoder, **batch, output_hidden_states=True)
+    for a, b in zip(bucketed.hidden_states, exact.hidden_states):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)

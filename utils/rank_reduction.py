@@ -9,6 +9,7 @@ solver (utils/matrix_entropy.py) and its state live here; the training loop sees
 """
 
 import argparse
+import math
 
 import torch
 from torch import nn
@@ -115,9 +116,10 @@ class RankReduction(nn.Module):
         return self.weight
 
     def end_step(self, vne: torch.Tensor) -> None:
-        """The target schedule steers by every step's VNE (the one value it makes the host wait for)."""
-        if self.schedule.reads_vne:
-            self.schedule.observe(vne.item())
+        """The target schedule steers by every step's VNE (the one value it makes the host wait for); a
+        non-finite one (a step whose update was skipped) is not fed to it."""
+        if self.schedule.reads_vne and math.isfinite(value := vne.item()):
+            self.schedule.observe(value)
 
     def lr_factor(self, step: int) -> float:
         return self.schedule.lr_factor(step)

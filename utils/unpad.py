@@ -7,15 +7,20 @@ model's own modules and weights) run on the real tokens only, packed into one (T
 attention itself goes back to the padded (B, heads, S, d) layout, through PyTorch's SDPA with the
 key-padding mask. The embeddings run on the padded batch as usual (a lookup).
 
-The result equals the encoder's own forward on the real tokens up to float rounding (tested, with dropout
-off; with dropout on, the masks are drawn for fewer elements, so the random stream differs). Padding
-rows of the returned hidden states are zero. Architectures whose layers differ (relative positions,
+The packed rows are padded up to a multiple of PACK_MULTIPLE with spare rows that no real token reads,
+so a run sees a bounded set of matrix shapes: the CPU's kernel libraries (oneDNN) keep an entry per shape,
+and one shape per distinct token count made a process grow through the whole run. The result equals the
+encoder's own forward on the real tokens up to float rounding (tested, with dropout off; with dropout on,
+the masks are drawn for other elements, so the random stream differs). Padding rows of the returned
+hidden states are zero. Architectures whose layers differ (relative positions,
 decoders, cross-attention) are refused with a clear error rather than computed differently.
 """
 
 import torch
 import torch.nn.functional as F
 from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+PACK_MULTIPLE = 64  # packed rows: a multiple of this (at most 63 spare rows, ~3 % of a batch of 64 x 2 views)
 
 
 def unsupported_reason(encoder) -> str | None:
@@ -39,22 +44,35 @@ def unsupported_reason(encoder) -> str | None:
     return None
 
 
-def _layer(layer, x, rows, batch: int, seq: int, key_mask):
-    """One BERT layer on packed tokens x (T, H); `rows` are their positions in the flat (B * S) layout."""
+def _layer(layer, x, rows, batch: int, seq: int, key_mask, spare: int):
+    """One BERT layer on packed tokens x (T, H); `rows` are their positions in the flat (B * S) layout, the
+    `spare` rows' past its end."""
     attention = layer.attention.self
     heads, head_size = attention.num_attention_heads, attention.attention_head_size
 
-    def padded(linear):  # (T, H) -> (B, heads, S, d), zeros at the padding
+    def padded(linear):  # (T, H) -> (B, heads, S, d), zeros at the padding; the spare rows are dropped
         y = linear(x)  # bf16 under autocast while x (a LayerNorm output) stays float32 on CUDA
-        out = y.new_zeros(batch * seq, heads * head_size).index_copy(0, rows, y)
-        return out.view(batch, seq, heads, head_size).transpose(1, 2)
+        out = y.new_zeros(batch * seq + spare, heads * head_size).index_copy(0, rows, y)
+        return out[: batch * seq].view(batch, seq, heads, head_size).transpose(1, 2)
 
     context = F.scaled_dot_product_attention(
         padded(attention.query), padded(attention.key), padded(attention.value), attn_mask=key_mask,
         dropout_p=attention.dropout.p if attention.training else 0.0, scale=head_size ** -0.5)
-    context = context.transpose(1, 2).reshape(batch * seq, heads * head_size).index_select(0, rows)
+    context = context.transpose(1, 2).reshape(batch * seq, heads * head_size)
+    context = F.pad(context, (0, 0, 0, spare)).index_select(0, rows)  # the spare rows read zeros
     hidden = layer.attention.output(context, x)      # dense, dropout, LayerNorm(+ x): token-wise
     return layer.output(layer.intermediate(hidden), hidden)
+
+
+def packed_rows(attention_mask: torch.Tensor, multiple: int | None = None) -> tuple[torch.Tensor, int]:
+    """(rows, real): the flat (B * S) positions of the real tokens, then spare positions B * S, B * S + 1, ...
+    up to a multiple of `multiple` rows (default PACK_MULTIPLE); `real` the number of real tokens."""
+    multiple = multiple or PACK_MULTIPLE
+    flat = attention_mask.numel()
+    real_rows = attention_mask.reshape(-1).nonzero().squeeze(1)
+    real = real_rows.shape[0]
+    spare = -real % multiple
+    return torch.cat([real_rows, torch.arange(flat, flat + spare, device=real_rows.device)]), real
 
 
 def unpadded_layers(layers, hidden: torch.Tensor, attention_mask: torch.Tensor, output_hidden_states: bool = False):
@@ -62,16 +80,18 @@ def unpadded_layers(layers, hidden: torch.Tensor, attention_mask: torch.Tensor, 
     ((B, S, H) last states, zeros at the padding; the input and every layer's states when asked, else None).
     Besides the encoder's own stack, InfoCSE's frozen lower layers and head layers run through this."""
     batch, seq, width = hidden.shape
-    rows = attention_mask.reshape(-1).nonzero().squeeze(1)
+    rows, real = packed_rows(attention_mask)
+    spare = rows.shape[0] - real
     key_mask = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, S): True = attend
-    x = hidden.reshape(batch * seq, width).index_select(0, rows)
+    x = F.pad(hidden.reshape(batch * seq, width), (0, 0, 0, spare)).index_select(0, rows)
 
     def unpack(t):  # (T, H) -> (B, S, H), zeros at the padding
-        return t.new_zeros(batch * seq, t.shape[-1]).index_copy(0, rows, t).view(batch, seq, -1)
+        out = t.new_zeros(batch * seq + spare, t.shape[-1]).index_copy(0, rows, t)
+        return out[: batch * seq].view(batch, seq, -1)
 
     states = [x] if output_hidden_states else None
     for layer in layers:
-        x = _layer(layer, x, rows, batch, seq, key_mask)
+        x = _layer(layer, x, rows, batch, seq, key_mask, spare)
         if states is not None:
             states.append(x)
     return unpack(x), (tuple(unpack(t) for t in states) if states is not None else None)

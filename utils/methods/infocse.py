@@ -319,11 +319,14 @@ class InfoCSE(Method):
         hidden = torch.cat([pooled[:, None].to(states.dtype), states[:, 1:]], dim=1)
         hidden = run_layers(self.c_head, hidden, attention_mask, self.config, unpad)
         scored = mlm_labels != IGNORE
-        # the vocabulary projection on the masked positions only: the same loss, most of the work saved
-        logits = self.lm_head(hidden[scored], self.frozen.word_embeddings)  # its own decoder where trained
+        if torch.compiler.is_compiling():  # every position: a selection's size would make the host wait
+            hidden, labels = hidden.flatten(0, 1), mlm_labels.flatten()
+        else:  # the vocabulary projection on the masked positions only: the same loss, most of the work saved
+            hidden, labels = hidden[scored], mlm_labels[scored]
+        logits = self.lm_head(hidden, self.frozen.word_embeddings)  # its own decoder where trained
         # a sum over the scored positions: 0 (not NaN) for a batch without any, every head still in the graph
         logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # float32 at least under autocast
-        return F.cross_entropy(logits, mlm_labels[scored], reduction="sum") / scored.sum().clamp(min=1)
+        return F.cross_entropy(logits, labels, ignore_index=IGNORE, reduction="sum") / scored.sum().clamp(min=1)
 
     def forward(self, model, inputs, temp):
         encoder_inputs = {k: v for k, v in inputs.items() if not k.startswith("mlm_")}
