@@ -30,7 +30,8 @@ from utils.encode import parse_device
 from utils.findings import judge_by_method
 from utils.rank import RANK_METRICS
 from utils.report import markdown, write_csv, write_summary
-from utils.runs import FINISHED, load_runs
+from utils import scoring
+from utils.runs import FINISHED, load_runs, recorded_eval_sets
 from utils.scoring import load_eval_sets
 from utils.sts import load_sts_tasks
 from utils.sweep import Sweep
@@ -41,6 +42,7 @@ def parse_args(argv=None):
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--runs", nargs="+", required=True, help="train.py output folders")
     p.add_argument("--data_dir", required=True, help="SentEval data/ folder (STS-B dev, SICK-R trial, STS test)")
+    scoring.add_arguments(p)  # default: the sets each run trained with
     p.add_argument("--out", default="results/rank_analysis",
                    help="folder for checkpoints.csv, summary.json, report.md and the plots")
     p.add_argument("--phase_metric", default="effective_rank", choices=RANK_METRICS,
@@ -58,8 +60,11 @@ def parse_args(argv=None):
     p.add_argument("--batch_size", type=number(int, 1), default=128, help="sentences per encode batch")
     p.add_argument("--device", type=parse_device, default=None, help="cpu or cuda (None: cuda where available)")
     args = p.parse_args(argv)
+    problem = scoring.check_arguments(args, args.data_dir, "--data_dir")
     if args.energy_tau > 1:
-        p.error(f"argument --energy_tau: must be <= 1, got {args.energy_tau}")
+        problem = f"argument --energy_tau: must be <= 1, got {args.energy_tau}"
+    if problem:
+        p.error(problem)
     return args
 
 
@@ -104,7 +109,10 @@ def main(argv=None):
     try:
         runs = load_runs(args.runs)
         check_output_path(args.out, "--out", folder=True)
-        eval_sets = load_eval_sets(args.data_dir, args.probe_split, flag="--data_dir")
+        if not (args.dev_file or args.probe_file):  # the sets the runs trained with
+            vars(args).update(recorded_eval_sets(runs))
+        eval_sets = load_eval_sets(args.data_dir, args.probe_split, "--data_dir", args.dev_file, args.dev_columns,
+                                   args.probe_file)
         test_tasks = load_sts_tasks(args.data_dir, "test") if args.sts_test else None
         probing_tasks = None
         if args.probing_dir:
@@ -120,8 +128,8 @@ def main(argv=None):
 
     # ---- the sweep: every checkpoint scored as training scored it; probing where asked
     total = sum(len(r["checkpoints"]) for r in runs)
-    print(f"{len(runs)} run(s), {total} checkpoints | rank = {args.phase_metric} | probe set: STS-B "
-          f"{args.probe_split}, {len(eval_sets.probe[0])} sentences | {device}")
+    print(f"{len(runs)} run(s), {total} checkpoints | rank = {args.phase_metric} | dev set {eval_sets.names['dev']} "
+          f"| probe set {eval_sets.names['probe']} | {device}")
     start = time.time()
     sweep = Sweep(eval_sets, test_tasks, probing_tasks, args.energy_tau, args.batch_size, device)
     rows_by_run = sweep.run(runs, {run["name"]: probe_steps(args, run, phases[run["name"]]) for run in runs})
@@ -151,7 +159,7 @@ def main(argv=None):
     findings, findings_by_method = judge_by_method(runs, groups, phases, args.phase_metric)
     logs = {run["name"]: log_series(run["log"], args.phase_metric) for run in runs}
     results = {
-        "settings": {**vars(args), "probe_sentences": len(eval_sets.probe[0]), "device": str(device),
+        "settings": {**vars(args), "probe_sentences": eval_sets.probe[2], "eval_sets": eval_sets.names, "device": str(device),
                      "sts_test_source": "the full STS test sets at the best checkpoint (--sts_test)" if args.sts_test
                      else "run.sh's sts_test.json of each run's best/ (evaluate.py), where present"},
         "columns": None,

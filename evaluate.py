@@ -14,6 +14,9 @@ numbers (SentEval data and protocols, without SentEval).
     python evaluate.py --model_name_or_path path/to/model --mode fasttest --task_set full --data_dir data \\
         --probing_dir data/probing
 
+    # MTEB tasks (needs `pip install mteb`), read with the checkpoint's embedding; a local task as FILE.py:CLASS
+    python evaluate.py --model_name_or_path runs/unsup-bert/best --mteb STSBenchmark SICK-R my_tasks.py:MySTS
+
 The embedding is what the checkpoint records (utils/embedding.py): train.py's exports name their pooler,
 and PromptBERT's its text template and [MASK] state; `--embedding dev` reads the one training selected
 checkpoints by, where a method has two. An explicit --pooler wins and drops any template. Exit status: 0
@@ -35,6 +38,8 @@ from utils.embedding import WHICH, Embedding, checkpoint_embedder, read_embeddin
 from utils.encode import EmbeddingCache, default_max_length, encode, parse_device
 from utils.files import write_json_atomic
 from utils.model import ModelLoadError, load_pretrained
+from utils.mteb_eval import load_tasks as load_mteb_tasks
+from utils.mteb_eval import run_tasks as run_mteb_tasks
 from utils.pooling import POOLERS
 from utils.probing import load_probing_tasks
 from utils.sts import format_table, load_sts_tasks, score_sts
@@ -50,8 +55,10 @@ def parse_args(argv=None):
                    help="the checkpoint's test embedding, or the one training selected it by (dev)")
     p.add_argument("--mode", choices=["test", "dev", "fasttest"], default="test",
                    help="test or dev sets; the classifiers in SentEval's literature (test) or prototyping setting")
-    p.add_argument("--task_set", choices=["sts", "transfer", "probing", "full"], default="sts",
-                   help="full = sts + transfer (+ probing with --probing_dir)")
+    p.add_argument("--task_set", choices=["sts", "transfer", "probing", "full"], default=None,
+                   help="full = sts + transfer (+ probing with --probing_dir); default sts, none with --mteb")
+    p.add_argument("--mteb", nargs="+", metavar="TASK", default=[],
+                   help="MTEB tasks to score: names (`mteb available-tasks` lists them) or FILE.py:CLASS, a local task")
     p.add_argument("--data_dir", default="data", help="SentEval's data/ folder (the one holding downstream/)")
     p.add_argument("--probing_dir", default=None, help="folder of SentEval's probing files")
     p.add_argument("--seed", type=number(int, 0), default=1111, help="seeds the classifiers (SentEval: 1111)")
@@ -61,6 +68,8 @@ def parse_args(argv=None):
     p.add_argument("--output_json", default=None, help="also write the results here")
     p.add_argument("--device", type=parse_device, default=None, help="cpu or cuda (default: cuda when available)")
     args = p.parse_args(argv)
+    if args.task_set is None and not args.mteb:
+        args.task_set = "sts"
     if args.task_set == "probing" and not args.probing_dir:
         p.error("--task_set probing needs --probing_dir (the folder holding e.g. sentence_length.txt)")
     return args
@@ -84,6 +93,7 @@ def main(argv=None):
         tasks = load_sts_tasks(args.data_dir, "dev" if args.mode == "dev" else "test") if run_sts else None
         transfer_tasks = load_transfer_tasks(args.data_dir) if run_transfer else {}
         probing_tasks = load_probing_tasks(args.probing_dir) if run_probing else {}
+        mteb_tasks = load_mteb_tasks(args.mteb) if args.mteb else []  # mteb's data: downloaded or cached here
     except DataError as err:
         fail(str(err))
 
@@ -142,8 +152,17 @@ def main(argv=None):
         if name == "probing":
             print(f"(probing files from {args.probing_dir}: compare encoders on the same files only)")
             record[name]["probing_dir"] = args.probing_dir
+    if mteb_tasks:
+        try:
+            record["mteb"] = run_mteb_tasks(mteb_tasks, embed, args.model_name_or_path, args.batch_size,
+                                            progress=sys.stderr.isatty())
+        except ValueError as err:
+            fail(str(err))
+        print(format_scores({task: 100 * r["score"] for task, r in record["mteb"].items()}, avg=False))
+        print("(MTEB's main scores x 100: " + ", ".join(f"{task} {r['main_score']}"
+                                                     for task, r in record["mteb"].items()) + ")")
     seconds = time.time() - start
-    if transfer_tasks or probing_tasks:
+    if transfer_tasks or probing_tasks or mteb_tasks:
         print(f"{seconds:.1f} s in all")
     if args.output_json:
         record["seconds"] = round(seconds, 2)

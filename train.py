@@ -15,9 +15,9 @@ OUTPUT_DIR/best/; the rank metrics of a probe set are logged at those evaluation
         --train_file ../shared/data/train/wiki1m_for_simcse.first11914.txt --eval_data_dir ../shared/data \\
         --max_train_steps 20 --eval_steps 10 --per_device_train_batch_size 16 --output_dir runs/smoke  # a CPU smoke run
 
-Outputs (docs/train.md): metrics.jsonl, summary.json, best/, and with their flags checkpoints/step-NNNNNN/
-(--save_steps), peak/ (--save_peak_checkpoint) and state/step_NNNNNNN/ (--checkpointing_steps; resume with
---resume_from_checkpoint latest).
+Outputs (docs/train.md): metrics.jsonl, summary.json, best/ (README.md: its model card; --push_to_hub uploads
+it), and with their flags checkpoints/step-NNNNNN/ (--save_steps), peak/ (--save_peak_checkpoint) and
+state/step_NNNNNNN/ (--checkpointing_steps; resume with --resume_from_checkpoint latest).
 """
 
 import argparse
@@ -29,12 +29,14 @@ import time
 
 import torch
 
-from utils import methods
+from utils import methods, scoring
 from utils.cli import number, seed_number
-from utils.data import DataError, SentenceBatches, check_output_path, read_sentences
+from utils.corpus import COLUMN, open_corpus
+from utils.data import DataError, SentenceBatches, check_output_path
 from utils.encode import default_max_length
 from utils.methods import METHODS, TrainingModel
 from utils.model import ModelLoadError, SimCSEModel, load_pretrained
+from utils.model_card import push_folder, repo_problem, token_note, write_model_card
 from utils.phase import RankTracker, describe_peak, segment
 from utils.plateau import EarlyStopping
 from utils.pooling import SIMCSE_POOLERS
@@ -53,9 +55,12 @@ def parse_args(argv=None):
     g.add_argument("--pooler_type", default="cls", choices=SIMCSE_POOLERS, help="the sentence embedding in training")
     g.add_argument("--mlp_only_train", action=argparse.BooleanOptionalAction, default=True,
                    help="`cls`: the MLP on [CLS] in training only, the raw [CLS] at evaluation")
-    g.add_argument("--train_file", required=True, help="text file, one sentence per line")
+    g.add_argument("--train_file", required=True,
+                   help="text file (one sentence per line), CSV / TSV / JSON lines / Parquet file, or hub dataset name")
+    g.add_argument("--text_column", default=COLUMN, help="the column of --train_file that holds the sentences")
+    g.add_argument("--train_split", default="train", help="the split of --train_file where it names a hub dataset")
     g.add_argument("--max_seq_length", type=number(int, 2), default=32, help="tokens per sentence, longer is cut")
-    g.add_argument("--eval_data_dir", required=True, help="SentEval data/ folder (STS-B dev, SICK-R trial)")
+    g.add_argument("--eval_data_dir", default=None, help="SentEval data/ folder (STS-B dev, SICK-R trial); optional with --dev_file")
     g = p.add_argument_group("optimisation")
     g.add_argument("--temp", type=number(float, 0, inclusive=False), default=0.05, help="softmax temperature")
     g.add_argument("--per_device_train_batch_size", type=number(int, 2), default=64,
@@ -90,12 +95,17 @@ def parse_args(argv=None):
     g.add_argument("--save_steps_until", type=number(int, 0), default=None, help="the last step --save_steps exports")
     g.add_argument("--report_to", default="none", choices=["none", "tensorboard", "wandb", "all"],
                    help="also send the records to these trackers")
+    g.add_argument("--push_to_hub", default=None, metavar="OWNER/NAME",
+                   help="upload best/ to this Hugging Face Hub repo at the end (token: HF_TOKEN or hf auth login)")
+    g.add_argument("--hub_private", action="store_true", help="with --push_to_hub: a repo it creates is private")
     methods.add_arguments(p)
     RankReduction.add_arguments(p)
     RankTracker.add_arguments(p)
+    scoring.add_arguments(p)
     args = p.parse_args(argv)
     for problem in (methods.resolve_arguments(args), RankReduction.check_arguments(args),
-                    RankTracker.check_arguments(args), tracker_problem(args.report_to)):
+                    RankTracker.check_arguments(args), scoring.check_arguments(args, args.eval_data_dir, "--eval_data_dir"),
+                    tracker_problem(args.report_to), repo_problem(args.push_to_hub, args.hub_private)):
         if problem:
             p.error(problem)
     args.mlp_only_train = args.mlp_only_train and args.pooler_type == "cls"  # only `cls` has an MLP
@@ -138,12 +148,15 @@ def model_problem(args, encoder, tokenizer, max_length: int) -> str | None:
 @one_run
 def main(argv=None):
     args = parse_args(argv)
-    folder = RunFolder(args.output_dir, args.resume_from_checkpoint)
+    folder = RunFolder(args.output_dir, args.resume_from_checkpoint, write_model_card)  # exports with their cards
     try:  # before accelerate makes any folder under it
         check_output_path(args.output_dir, "--output_dir", folder=True)
         folder.check()
     except (DataError, RunFolderError) as err:
         fail(str(err))
+    note = token_note(args.push_to_hub, folder.best_dir)  # said now: a push without a token fails at the end
+    if note:
+        say(note)
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs, set_seed
     from tqdm.auto import tqdm
@@ -155,8 +168,10 @@ def main(argv=None):
                               kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)])
     try:
         folder.open(accelerator)
-        sentences = read_sentences(args.train_file, note=say)  # data and evaluation sets before any model
-        eval_sets = load_eval_sets(args.eval_data_dir, args.probe_split)
+        # data and evaluation sets before any model; the corpus is mapped from datasets' cache, not held in memory
+        sentences = open_corpus(args.train_file, args.text_column, args.train_split, note=say)
+        eval_sets = load_eval_sets(args.eval_data_dir, args.probe_split, dev_file=args.dev_file,
+                                   dev_columns=args.dev_columns, probe_file=args.probe_file)
     except (DataError, RunFolderError) as err:
         fail(str(err))
 
@@ -228,6 +243,7 @@ def main(argv=None):
         f"{method.label}{' + RR' if rank_reduction else ''} | {len(sentences):,} sentences | "
         f"{accelerator.num_processes} process(es) x {args.per_device_train_batch_size} = {batches.global_batch_size} "
         f"per batch | {batches.steps_per_epoch:,} steps/epoch | {total_steps:,} steps | eval pooler {model.eval_pooler}")
+    accelerator.print(f"dev set {eval_sets.names['dev']} | probe set {eval_sets.names['probe']}")
 
     # ---- the loop: evaluations, exports and saves of the step just reached, then one optimizer step
     progress = tqdm(total=total_steps, initial=state.step, disable=not accelerator.is_local_main_process,
@@ -289,9 +305,11 @@ def main(argv=None):
         last_state = folder.state_path(state.step)
         if not os.path.isdir(last_state):
             last_state = folder.save_state(state.step, args.checkpoints_total_limit)
-    summary = run_summary(args, status, state, total_steps, folder, tracker, stopper, rank_reduction, model, batches)
+    summary = run_summary(args, status, state, total_steps, folder, tracker, stopper, rank_reduction, model, batches,
+                          eval_sets.names)
     accelerator.print(summary["rank"]["offline_peak"]["description"])
     folder.write_summary(summary)
+    folder.describe_best(summary)  # best/README.md, now with the outcome, the rank peak and the phases
     accelerator.end_training()
     if status not in ("finished", "early_stopped"):
         advice = "" if state.best_step is None and "evaluation" in status else (
@@ -299,7 +317,13 @@ def main(argv=None):
             "--max_grad_norm 1, or --mixed_precision bf16 instead of fp16: a resume keeps this run's settings.")
         say(f"error: {status}; the last good state is in {last_state}.{advice}")
         raise SystemExit(1)
-    accelerator.print(f"best STS-B dev {state.best_score:.2f} at step {state.best_step} -> {folder.best_dir}")
+    accelerator.print(f"best dev score {state.best_score:.2f} at step {state.best_step} -> {folder.best_dir}")
+    if args.push_to_hub and accelerator.is_main_process:
+        url, problem = push_folder(folder.best_dir, args.push_to_hub, args.hub_private)
+        if problem:  # the run is finished and complete on disk: only the upload is missing (exit code 3)
+            say(f"error: {problem}")
+            raise SystemExit(3)
+        accelerator.print(f"pushed {folder.best_dir} to {url}")
 
 
 def train_record(state, window, batches, scheduler, rank_reduction, phase: int) -> dict:
@@ -320,7 +344,8 @@ def train_record(state, window, batches, scheduler, rank_reduction, phase: int) 
     return record
 
 
-def run_summary(args, status, state, total_steps, folder, tracker, stopper, rank_reduction, model, batches) -> dict:
+def run_summary(args, status, state, total_steps, folder, tracker, stopper, rank_reduction, model, batches,
+                eval_sets: dict) -> dict:
     """summary.json (docs/train.md#outputs): the outcome, the compute spent, the phases, the settings."""
     evals = [r for r in folder.metrics.read() if r.get("event") in ("eval", "rank")] \
         if folder.accelerator.is_main_process else []
@@ -332,7 +357,7 @@ def run_summary(args, status, state, total_steps, folder, tracker, stopper, rank
     return {
         "status": status, "method": args.method, "method_label": METHODS[args.method].label, "steps": state.step,
         "total_steps": total_steps,
-        "best_step": state.best_step, "best": state.best_metrics,
+        "best_step": state.best_step, "best": state.best_metrics, "eval_sets": eval_sets,
         "best_dir": folder.best_dir if state.best_step is not None else None,
         "train_seconds": round(state.train_seconds, 3),
         "train_step_seconds_mean": round(state.train_seconds / max(state.step, 1), 5),
@@ -343,6 +368,7 @@ def run_summary(args, status, state, total_steps, folder, tracker, stopper, rank
                            "best_step": stopper.best_step},
         "rank": {
             "phase_metric": args.phase_metric, "offline_peak": peak,
+            **{name: {k: v for k, v in phases[name].items() if k != "indices"} for name in ("phase1", "phase2")},
             "online_peak": {"step": detector.peak_step, "value": detector.peak_value,
                             "declared_at_step": detector.declared_step} if detector.declared else None,
             "phase2_end_step": state.best_step,  # Phase 2 runs from the peak to the best STS-B dev checkpoint

@@ -13,16 +13,13 @@ count a new matrix shape: --unpad_inputs before the multiple existed).
 
 import argparse
 import json
-import subprocess
 import sys
 import time
-from pathlib import Path
 
 from benchmarks.bench_step import TrainPy, add_step_arguments, resolve, step_header, step_settings, train_flags
-from benchmarks.timing import Report, device_of, model_dir, parser, rss_mb, sync
+from benchmarks.timing import Report, device_of, in_child, model_dir, parser, rss_mb, sync
 from utils.cli import number
 
-REPO = Path(__file__).resolve().parents[1]
 VARIANTS = {"default": [], "unpad": ["--unpad_inputs"], "unpad-exact": ["--unpad_inputs"]}
 
 
@@ -80,10 +77,8 @@ def main(argv=None):
     report = Report(args.json, device, **step_settings(args), at=args.at)
     rows = report.data.setdefault("variants", {})
     for variant in args.variants:
-        child = [sys.executable, "-m", "benchmarks.bench_memory", *(argv if argv is not None else sys.argv[1:]),
-                 "--one", variant]
-        result = report.attempt(variant, lambda: json.loads(
-            subprocess.run(child, capture_output=True, text=True, check=True, cwd=REPO).stdout.strip().splitlines()[-1]))
+        child = [*(argv if argv is not None else sys.argv[1:]), "--one", variant]
+        result = report.attempt(variant, lambda: in_child("benchmarks.bench_memory", child))
         if result is not None:
             rows[variant] = result
             print(f"{variant}: RSS {result['rss_mb']}", flush=True)

@@ -8,11 +8,14 @@ raises is recorded under "failed" with its error's first line, and the others st
 """
 
 import argparse
+import json
 import os
 import platform
+import subprocess
 import sys
 import time
 import traceback
+from pathlib import Path
 
 import torch
 
@@ -58,6 +61,17 @@ def device_of(args) -> torch.device:
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def in_child(module: str, argv: list, env: dict | None = None) -> dict:
+    """The JSON object `python -m module *argv` prints last, run from the repository root: a measurement in a
+    process of its own, so that it counts no memory another left. A failed child raises with its last error line."""
+    proc = subprocess.run([sys.executable, "-m", module, *argv], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parents[1], env=env)
+    if proc.returncode:
+        raise RuntimeError(f"{module} {' '.join(argv[-2:])} exited with {proc.returncode}: "
+                           + ((proc.stderr.strip().splitlines() or [""])[-1]))
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def rss_mb() -> float:
@@ -194,8 +208,8 @@ def need_peer(modules, flag: str) -> None:
     for module in modules:
         try:
             __import__(module)
-        except ImportError:
-            sys.exit(f"error: the comparison with sentence-transformers needs the {module} package: pip install "
+        except ImportError as err:  # the package itself, or one it imports (sentence-transformers needs datasets)
+            sys.exit(f"error: the comparison with sentence-transformers needs the {err.name or module} package: pip install "
                      f"'sentence-transformers[train]' (requirements-dev.txt), or {flag}")
 
 

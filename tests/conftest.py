@@ -81,6 +81,17 @@ def make_tiny_model(path: Path, kind: str = "bert", seed: int = 0, **config_over
     return path
 
 
+@pytest.fixture(scope="session", autouse=True)
+def datasets_cache(tmp_path_factory) -> Path:
+    """datasets' cache (where training corpora are converted) in the session's temporary folder, for the tests
+    and the scripts they start: the user's cache stays untouched and each session converts afresh."""
+    path = tmp_path_factory.mktemp("datasets-cache")
+    os.environ["HF_DATASETS_CACHE"] = str(path)
+    if "datasets.config" in sys.modules:  # imported already: it read the variable then
+        sys.modules["datasets.config"].HF_DATASETS_CACHE = path
+    return path
+
+
 @pytest.fixture(scope="session")
 def tiny_bert(tmp_path_factory) -> Path:
     return make_tiny_model(tmp_path_factory.mktemp("tiny-bert"), "bert")
@@ -149,6 +160,27 @@ def write_corpus(path: Path, lines: int = 300, seed: int = 1) -> Path:
     rng = random.Random(seed)
     path.write_text("\n".join(" ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 14)))
                               for _ in range(lines)) + "\n")
+    return path
+
+
+def convert_corpus(text_file: Path, path: Path, column: str = "text") -> Path:
+    """The lines of `text_file` as a CSV / TSV / JSON lines / Parquet file (by `path`'s suffix): an `id` column,
+    and the lines, as they are, in `column`."""
+    import csv
+    import json
+
+    lines = text_file.read_bytes().decode("utf-8").removesuffix("\n").split("\n")
+    if path.suffix == ".parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.table({"id": list(range(len(lines))), column: lines}), path)
+    elif path.suffix == ".jsonl":
+        path.write_text("".join(json.dumps({"id": i, column: line}) + "\n" for i, line in enumerate(lines)))
+    else:
+        with open(path, "w", newline="", encoding="utf-8") as f:
+            writer = csv.writer(f, delimiter="\t" if path.suffix == ".tsv" else ",")
+            writer.writerows([["id", column], *enumerate(lines)])
     return path
 
 

@@ -9,7 +9,8 @@ import shutil
 import pytest
 import torch
 
-from benchmarks import bench_encode, bench_memory, bench_methods, bench_rr_solvers, bench_step, bench_transfer, timing
+from benchmarks import (bench_corpus, bench_encode, bench_memory, bench_methods, bench_rr_solvers, bench_step,
+                        bench_transfer, timing)
 from utils.methods import METHODS
 from utils.transfer import TREC_LABELS
 
@@ -184,13 +185,33 @@ def test_memory_reads_every_variant_in_its_own_process(tmp_path, tiny_bert, fake
     assert "| unpad-exact |" in table and "RSS at step 3, MB" in table and "first step" in table
 
 
+def test_corpus_reads_a_list_and_the_arrow_copy_each_in_its_own_process(tmp_path, capsys):
+    out, work = tmp_path / "corpus.json", tmp_path / "work"
+    r = bench_corpus.main(["--lines", "3000", "--batches", "5", "--batch_size", "8", "--workdir", str(work),
+                           "--json", str(out)])
+    assert json.loads(out.read_text()) == r and not r.get("failed") and r["lines"] == 3000
+    readers = r["readers"]
+    assert list(readers) == ["list", "arrow-first", "arrow-cached"]
+    assert readers["arrow-first"]["converted"] is True and readers["arrow-cached"]["converted"] is False
+    for v in readers.values():
+        assert v["sentences"] == 3000 and _positive(v["read_s"]) and _positive(v["batches_s"])
+        assert all(_positive(v[when][key]) for when in ("before", "read", "batches") for key in ("rss_mb", "own_mb"))
+        assert v["batches"]["own_mb"] <= v["batches"]["rss_mb"]
+    assert _positive(r["corpus"]["file_mb"]) and _positive(r["corpus"]["arrow_mb"])
+    assert (work / "corpus.txt").is_file()  # a --workdir is kept
+    table = capsys.readouterr().out
+    assert "| Arrow, cached copy |" in table and "3,000 lines" in table
+
+
 @pytest.mark.parametrize("script, flag, value", [
     (bench_step, "--steps", "0"), (bench_step, "--batch_size", "1"), (bench_step, "--warmup_steps", "0"),
     (bench_step, "--rank_reduction", "-1"), (bench_methods, "--methods", "nope"), (bench_encode, "--eval_steps", "0"),
     (bench_rr_solvers, "--batch_sizes", "1"), (bench_rr_solvers, "--repeats", "0"), (bench_transfer, "--tasks", "XX"),
-    (bench_memory, "--at", "1"), (bench_memory, "--variants", "nope")])
+    (bench_memory, "--at", "1"), (bench_memory, "--variants", "nope"), (bench_corpus, "--lines", "0"),
+    (bench_corpus, "--readers", "nope")])
 def test_bad_numbers_and_names_are_rejected(script, flag, value, capsys):
-    required = {bench_rr_solvers: [], bench_transfer: ["--model_name_or_path", "m", "--cache_dir", "c"]}
+    required = {bench_rr_solvers: [], bench_corpus: [],
+                bench_transfer: ["--model_name_or_path", "m", "--cache_dir", "c"]}
     with pytest.raises(SystemExit):
         script.parse_args([*required.get(script, ["--data_dir", "x"]), flag, value])
     assert f"argument {flag}" in capsys.readouterr().err

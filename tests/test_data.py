@@ -74,7 +74,7 @@ def test_lines_with_no_printable_text_are_skipped_and_counted(tmp_path, capsys):
     f = tmp_path / "t.txt"
     f.write_bytes("first\n\x00\x00\x00\nsecond \x00 with a NUL\n\x01\x7f\t\u200b\n\nthird\n".encode())
     assert read_sentences(str(f)) == ["first", "second \x00 with a NUL", "third"]
-    assert capsys.readouterr().err == f"note: --train_file {f}: skipped 2 lines with no printable text\n"
+    assert capsys.readouterr().err == f"note: --train_file {f}: skipped 1 blank line and 2 lines with no printable text\n"
     f.write_bytes(b"\x00\n\x00\x00\n")
     with pytest.raises(DataError, match="holds no printable text"):
         read_sentences(str(f))
@@ -91,7 +91,8 @@ def test_bare_cr_line_endings_are_split_with_a_note(tmp_path, capsys):
     f = tmp_path / "mac.txt"
     f.write_bytes(b"one sentence\rtwo sentences\r\rthree\r")
     assert read_sentences(str(f), flag="--x") == ["one sentence", "two sentences", "three"]
-    assert capsys.readouterr().err == f"note: --x {f}: its line endings are bare CR (old Mac): read as 3 lines\n"
+    assert capsys.readouterr().err == (f"note: --x {f}: its line endings are bare CR (old Mac): read as 3 lines\n"
+                                       f"note: --x {f}: skipped 1 blank line\n")
     f.write_bytes(b"a lone\r carriage return\nis kept inside its line\n")  # any \n: lines end at \n only
     assert read_sentences(str(f)) == ["a lone\r carriage return", "is kept inside its line"]
 

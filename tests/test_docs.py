@@ -22,6 +22,7 @@ COMMANDS = [
     (["-m", "benchmarks.bench_encode"], "speed.md"),
     (["-m", "benchmarks.bench_rr_solvers"], "speed.md"),
     (["-m", "benchmarks.bench_memory"], "speed.md"),
+    (["-m", "benchmarks.bench_corpus"], "speed.md"),
     (["-m", "benchmarks.bench_transfer"], "speed.md"),
     (["-m", "utils.download", "wiki1m"], "data.md"),
     (["-m", "utils.download", "senteval"], "data.md"),

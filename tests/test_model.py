@@ -1,5 +1,6 @@
 """SimCSEModel: train/eval poolers and an export that transformers and sentence-transformers load alike."""
 
+import json
 import os
 
 import pytest
@@ -36,6 +37,8 @@ def test_export_reproduces_the_evaluation_embedding(request, tmp_path, kind, poo
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
     st = SentenceTransformer(out, device="cpu").encode(SENTENCES, convert_to_tensor=True)
     torch.testing.assert_close(st, expected, atol=1e-5, rtol=1e-4)
+    with open(os.path.join(out, "config_sentence_transformers.json")) as f:  # what sentence-transformers writes too
+        assert json.load(f)["similarity_fn_name"] == "cosine"
     # the live model is unchanged by the export (the encoder's pooler stays out of training)
     assert model.encoder.pooler is None
 
@@ -65,6 +68,7 @@ def test_an_embedding_sentence_transformers_cannot_express_fails_to_load_there_s
     model.save_pretrained(str(tmp_path / "e"), tokenizer, 62)
     with pytest.raises(ImportError, match="NotExpressible__read_this_checkpoint_with_evaluate_py"):
         SentenceTransformer(str(tmp_path / "e"), device="cpu")  # not a silent mean-pooling
+    assert not (tmp_path / "e" / "config_sentence_transformers.json").exists()
     assert AutoModel.from_pretrained(str(tmp_path / "e")).config.sentence_pooler == pooler
 
 

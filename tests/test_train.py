@@ -16,7 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.conftest import REPO, make_tiny_model, run_in_process, train_argv, write_corpus
+from tests.conftest import REPO, convert_corpus, make_tiny_model, run_in_process, train_argv, write_corpus
 
 TIMING_KEYS = {"elapsed_s", "sentences_per_s"}
 
@@ -101,7 +101,9 @@ def test_sigkilled_run_resumes_to_the_uninterrupted_result(tmp_path, tiny_bert, 
     full, killed = tmp_path / "full", tmp_path / "killed"
     assert run(train_cmd(tiny_bert, corpus, fake_senteval, full, *args)).returncode == 0
 
-    proc = subprocess.Popen(train_cmd(tiny_bert, corpus, fake_senteval, killed, *args), cwd=REPO,
+    # the killed run reads the same sentences from JSON lines: the same batches, and the resume maps its Arrow copy
+    lines = convert_corpus(corpus, tmp_path / "train.jsonl")
+    proc = subprocess.Popen(train_cmd(tiny_bert, lines, fake_senteval, killed, *args), cwd=REPO,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
     while not (killed / "state" / "step_0000015").exists() and proc.poll() is None and time.time() < deadline:
@@ -109,7 +111,7 @@ def test_sigkilled_run_resumes_to_the_uninterrupted_result(tmp_path, tiny_bert, 
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (killed / "summary.json").exists(), "the run finished before it could be killed"
-    resumed = run(train_cmd(tiny_bert, corpus, fake_senteval, killed, *args, "--resume_from_checkpoint", "latest"))
+    resumed = run(train_cmd(tiny_bert, lines, fake_senteval, killed, *args, "--resume_from_checkpoint", "latest"))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
 
     assert records(killed) == records(full)
@@ -127,8 +129,10 @@ def test_two_cpu_processes_under_accelerate_launch(tmp_path, corpus, fake_sentev
     args = ("--max_train_steps", "12", "--eval_steps", "2", "--logging_steps", "1", "--early_stopping_patience", "1")
     single = run(train_cmd(model, corpus, fake_senteval, tmp_path / "one", *args))
     assert single.returncode == 0, single.stderr[-3000:]
-    # accelerate's --cpu launcher starts ONE process without MPI; --multi_gpu starts N (gloo on CPUs)
-    cmd = train_cmd(model, corpus, fake_senteval, tmp_path / "two", *args, "--per_device_train_batch_size", "4", "--cpu")
+    # accelerate's --cpu launcher starts ONE process without MPI; --multi_gpu starts N (gloo on CPUs). The two
+    # read the corpus from Parquet: one converts it while the other waits, and they draw the text file's batches
+    table = convert_corpus(corpus, tmp_path / "train.parquet")
+    cmd = train_cmd(model, table, fake_senteval, tmp_path / "two", *args, "--per_device_train_batch_size", "4", "--cpu")
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", *cmd[1:]]
     double = run(launch)
@@ -673,7 +677,7 @@ def test_rr_watch_every_lets_the_rank_evaluations_end_the_plateau(tmp_path, tiny
 
 
 
-def test_rr_anneal_lr_stops_the_updates_after_the_stall(tmp_path, tiny_bert, corpus, fake_senteval):
+def test_rr_anneal_lr_ends_the_run_once_the_learning_rate_is_0(tmp_path, tiny_bert, corpus, fake_senteval):
     out = tmp_path / "out"
     proc = run(train_cmd(tiny_bert, corpus, fake_senteval, out, "--max_train_steps", "12", "--eval_steps", "100",
                          "--rank_eval_steps", "1", "--rank_eval_until", "12", "--logging_steps", "1",
@@ -688,9 +692,13 @@ def test_rr_anneal_lr_stops_the_updates_after_the_stall(tmp_path, tiny_bert, cor
     assert all(trains[step]["lr"] > 0 for step in trains if step <= stalled)
     assert trains[stalled + 1]["lr"] == pytest.approx(0.5 * 1e-3 * (1 - (stalled + 1) / 12))
     assert {trains[step]["lr"] for step in trains if step >= stalled + 2} == {0.0}
-    # with lr 0 the weights no longer move: every later evaluation scores the same model
+    # with lr 0 the weights no longer move: the run ends at the first evaluation that sees it, as an early stop
+    summary = json.load(open(out / "summary.json"))
+    assert "the learning rate has reached 0 (--rr_anneal_lr)" in proc.stdout
+    assert summary["status"] == "early_stopped" and summary["steps"] == stalled + 2 < 12
+    assert summary["early_stopping"]["stopped_at_step"] == stalled + 2
+    assert max(r["step"] for r in records(out)) == stalled + 2
     dev = {r["step"]: r["stsb_dev"] for r in records(out) if r["event"] in ("rank", "eval")}
-    assert len({dev[step] for step in dev if step >= stalled + 2}) == 1
     assert len({dev[step] for step in dev if step <= stalled}) > 1
 
 

@@ -5,6 +5,7 @@ step to continue on the exact next batch, and N processes together see the same 
 process would (each takes its slice), so the loss does not depend on the process count.
 """
 
+import dataclasses
 import itertools
 import os
 import sys
@@ -20,24 +21,47 @@ class DataError(ValueError):
     """Bad input data; the message names the file (and line) and says what to do."""
 
 
-def read_text(path: str, prefix: str = "") -> str:
-    """A UTF-8 file's text; errors name the file (after `prefix`, e.g. the flag) and the bad line/byte."""
+def open_binary(path: str, prefix: str = ""):
+    """The file opened for reading bytes; errors name the file (after `prefix`, e.g. the flag)."""
     try:
-        with open(path, "rb") as f:
-            raw = f.read()
+        return open(path, "rb")
     except FileNotFoundError:
         raise DataError(f"{prefix}{path}: no such file") from None
     except OSError as err:
         raise DataError(f"{prefix}{path}: cannot read it ({err.strerror})") from None
+
+
+def _not_utf8(prefix: str, path: str, line: int, column: int, bad: bytes) -> DataError:
+    return DataError(f"{prefix}{path}: line {line}, byte {column}: not valid UTF-8 ({bad!r}); re-encode the file "
+                     "as UTF-8 (e.g. with iconv)")
+
+
+def read_text(path: str, prefix: str = "") -> str:
+    """A UTF-8 file's text; errors name the file (after `prefix`, e.g. the flag) and the bad line/byte."""
+    with open_binary(path, prefix) as f:
+        try:
+            raw = f.read()
+        except OSError as err:
+            raise DataError(f"{prefix}{path}: cannot read it ({err.strerror})") from None
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as err:
         line = raw.count(b"\n", 0, err.start) + 1
         column = err.start - (raw.rfind(b"\n", 0, err.start) + 1) + 1
-        raise DataError(
-            f"{prefix}{path}: line {line}, byte {column}: not valid UTF-8 "
-            f"({raw[err.start:err.start + 4]!r}); re-encode the file as UTF-8 (e.g. with iconv)"
-        ) from None
+        raise _not_utf8(prefix, path, line, column, raw[err.start:err.start + 4]) from None
+
+
+def read_lines(path: str, prefix: str = ""):
+    """(number, line) of a UTF-8 file, streamed, each line with its "\\n" (a multi-byte character never holds
+    that byte, so lines are split before decoding); a leading byte-order mark is dropped. Errors name the
+    file (after `prefix`) and the bad line and byte."""
+    with open_binary(path, prefix) as f:
+        for number, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise _not_utf8(prefix, path, number, err.start + 1, raw[err.start:err.start + 4]) from None
+            yield number, line.lstrip("\ufeff") if number == 1 else line
 
 
 def check_output_path(path: str, flag: str, folder: bool = False) -> None:
@@ -58,31 +82,78 @@ def check_output_path(path: str, flag: str, folder: bool = False) -> None:
         raise DataError(f"{flag} {path}: the folder {parent} is not writable")
 
 
-def read_sentences(path: str, flag: str = "--train_file", note=None) -> list[str]:
-    """One sentence per line, surrounding white space stripped, blank lines skipped.
+@dataclasses.dataclass
+class Tally:
+    """What reading a corpus kept and skipped: its rows, those skipped as blank (an empty cell too) or as
+    holding no printable text (only NUL, other control or format characters, white space: they would
+    tokenize to [CLS] [SEP] alone), and whether its line endings were bare CR. Said in notes, one line each."""
 
-    Lines end at "\\n" (a "\\r" before it is white space and stripped). A file with bare "\\r" line
-    endings (old Mac) and no "\\n" at all is split at "\\r", as Python's own universal newlines read it,
-    rather than taken as one sentence. Lines with no printable text (only NUL, other control or format
-    characters, white space) are skipped like blank lines: they would tokenize to [CLS] [SEP] alone.
-    Both are said in one line each through `note` (default: printed to stderr).
+    rows: int = 0
+    blank: int = 0
+    unprintable: int = 0
+    bare_cr: bool = False
+
+    def clean(self, values):
+        """The sentences of `values` (str, or None for an empty cell) in order, surrounding white space stripped."""
+        for value in values:
+            self.rows += 1
+            text = value.strip() if value else ""
+            if not text:
+                self.blank += 1
+            elif _has_text(text):
+                yield text
+            else:
+                self.unprintable += 1
+
+    def check(self, what: str, unit: str) -> None:
+        """DataError naming `what` (the flag and the source) unless some sentence was kept."""
+        if self.rows == self.blank + self.unprintable:
+            state = "is empty" if not self.rows else f"holds only blank {unit}s" if not self.unprintable \
+                else "holds no printable text"
+            raise DataError(f"{what} {state}: it needs one training sentence per {unit}")
+
+    def notes(self, what: str, unit: str) -> list[str]:
+        """The notes on what was skipped, and on bare-CR line endings."""
+        kept = self.rows - self.blank - self.unprintable
+        notes = [f"note: {what}: its line endings are bare CR (old Mac): read as {kept} {unit}s"] if self.bare_cr \
+            else []
+        skipped = [f"{n} {kind}{unit}{'s' if n > 1 else ''}{rest}" for n, kind, rest in
+                   ((self.blank, "blank ", ""), (self.unprintable, "", " with no printable text")) if n]
+        return notes + ([f"note: {what}: skipped {' and '.join(skipped)}"] if skipped else [])
+
+
+def text_lines(path: str, flag: str, tally: Tally):
+    """The lines of a UTF-8 text file, streamed, as they are (Tally.clean strips them).
+
+    Lines end at "\\n" (a "\\r" before it is white space and stripped). A file with bare "\\r" line endings
+    (old Mac) and no "\\n" at all is split at "\\r", as Python's own universal newlines read it, rather than
+    taken as one sentence (tally.bare_cr). A final line ending starts no line.
     """
     if os.path.isdir(path):
         raise DataError(f"{flag} {path} is a folder; it must be a text file, one sentence per line")
-    text = read_text(path, prefix=f"{flag} ").lstrip("\ufeff")
-    note = note or (lambda message: print(message, file=sys.stderr))
-    bare_cr = "\n" not in text and "\r" in text.strip()
-    lines = [s.strip() for s in text.split("\r" if bare_cr else "\n")]
-    sentences = [s for s in lines if s and _has_text(s)]
-    if bare_cr:
-        note(f"note: {flag} {path}: its line endings are bare CR (old Mac): read as {len(sentences)} lines")
-    unprintable = sum(1 for s in lines if s) - len(sentences)
-    if unprintable:
-        note(f"note: {flag} {path}: skipped {unprintable} lines with no printable text")
-    if not sentences:
-        what = "is empty" if not text else "holds only blank lines" if not unprintable else "holds no printable text"
-        raise DataError(f"{flag} {path} {what}: it needs one training sentence per line")
+    for number, line in read_lines(path, f"{flag} "):
+        if number == 1 and not line.endswith("\n") and "\r" in line.strip():  # the whole file, with no \n
+            tally.bare_cr = True
+            yield from line.removesuffix("\r").split("\r")
+        else:
+            yield line
+
+
+def read_sentences(path: str, flag: str = "--train_file", note=None) -> list[str]:
+    """A text file's sentences in a list: one a line, stripped, blank lines and lines with no printable text
+    skipped (utils.data.Tally), each said in one line through `note` (default: printed to stderr).
+    utils.corpus.open_corpus reads a file the same way but maps its sentences from disk instead."""
+    tally = Tally()
+    sentences = list(tally.clean(text_lines(path, flag, tally)))
+    tally.check(f"{flag} {path}", "line")
+    for line in tally.notes(f"{flag} {path}", "line"):
+        (note or print_note)(line)
     return sentences
+
+
+def print_note(message: str) -> None:
+    """Notes' default: printed to stderr."""
+    print(message, file=sys.stderr)
 
 
 def _has_text(line: str) -> bool:
@@ -98,7 +169,8 @@ def epoch_order(num_examples: int, seed: int, epoch: int) -> torch.Tensor:
 
 
 class SentenceBatches:
-    """Tokenized training batches for one process, addressed by global step.
+    """Tokenized training batches for one process, addressed by global step, from `sentences`: a list of str,
+    or a utils.corpus.Corpus (len(), and take(rows) for a batch's sentences).
 
     Every step draws a global batch of `per_device_batch_size * num_processes` sentences (the last,
     incomplete global batch of each epoch is dropped so all processes get equal, full shards); this
@@ -132,16 +204,21 @@ class SentenceBatches:
         start = k * self.global_batch_size + self.process_index * self.batch_size
         return self._order[1][start : start + self.batch_size].tolist()
 
-    def __call__(self, step: int) -> dict:
-        """Tokenized shard of global step `step`: input_ids, attention_mask (, token_type_ids)."""
+    def texts(self, step: int) -> list[str]:
+        """The sentences of this process's shard of global step `step`, as they are tokenized."""
+        rows = self.indices(step)
+        take = getattr(self.sentences, "take", None)  # utils.corpus.Corpus: the rows in one read of its file
         # Tokenizers read the whole text before truncating (a 20 MB line takes gigabytes), so lines are cut
         # at CHARS_PER_TOKEN characters a token first. A line within that budget is passed whole (tokens
         # unchanged); a longer one keeps its first max_length tokens unless its first `budget` characters
         # hold fewer, over CHARS_PER_TOKEN characters a token: long runs of white space or of characters
         # the tokenizer drops, not text (wiki1m's first 32 MiniLM tokens span at most 211 characters).
         budget = self.max_length * CHARS_PER_TOKEN
-        texts = [self.sentences[i][:budget] for i in self.indices(step)]
-        return dict(self.tokenizer(texts, padding=self.padding, truncation=True,
+        return [text[:budget] for text in (take(rows) if take else [self.sentences[i] for i in rows])]
+
+    def __call__(self, step: int) -> dict:
+        """Tokenized shard of global step `step`: input_ids, attention_mask (, token_type_ids)."""
+        return dict(self.tokenizer(self.texts(step), padding=self.padding, truncation=True,
                                    max_length=self.max_length, return_tensors="pt"))
 
 

@@ -70,11 +70,16 @@ def json_safe(obj):
     return obj
 
 
-def write_json_atomic(path: str, obj, **dump_kwargs) -> None:
-    """Write strict JSON to `path` through a temporary file and a rename: never a half-written file."""
+def write_text_atomic(path: str, text: str) -> None:
+    """Write `text` to `path` through a temporary file and a rename: never a half-written file."""
     tmp = f"{path}.tmp"
     with open(tmp, "w") as f:
-        json.dump(json_safe(obj), f, allow_nan=False, **dump_kwargs)
+        f.write(text)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def write_json_atomic(path: str, obj, **dump_kwargs) -> None:
+    """Write strict JSON to `path` through a temporary file and a rename: never a half-written file."""
+    write_text_atomic(path, json.dumps(json_safe(obj), allow_nan=False, **dump_kwargs))

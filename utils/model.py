@@ -187,7 +187,8 @@ NOT_EXPRESSIBLE = "sentence_transformers.models.NotExpressible__read_this_checkp
 
 
 def write_sentence_transformers_files(out_dir, eval_pooler, hidden_size, max_seq_length, mlp=None):
-    """modules.json + 1_Pooling (+ 2_Dense for an MLP) in sentence-transformers' long-standing layout.
+    """modules.json + 1_Pooling (+ 2_Dense for an MLP), sentence_bert_config.json and
+    config_sentence_transformers.json in sentence-transformers' long-standing layout.
 
     sentence-transformers has no pooler for SimCSE's `avg_first_last` / `avg_top2`, nor for PromptBERT's
     [MASK] state of a prompt (`mask`). Without a modules.json it would mean-pool such a checkpoint with
@@ -218,6 +219,18 @@ def write_sentence_transformers_files(out_dir, eval_pooler, hidden_size, max_seq
     _write_json(os.path.join(out_dir, "modules.json"), modules)
     _write_json(os.path.join(out_dir, "sentence_bert_config.json"),
                 {"max_seq_length": max_seq_length, "do_lower_case": False})
+    _write_json(os.path.join(out_dir, "config_sentence_transformers.json"), sentence_transformers_config())
+
+
+def sentence_transformers_config() -> dict:
+    """config_sentence_transformers.json as sentence-transformers writes it: the versions the export was written
+    with (sentence-transformers' own left out: it did not write it), no prompts, cosine similarity (what the
+    contrastive loss trained)."""
+    import transformers
+
+    return {"model_type": "SentenceTransformer",
+            "__version__": {"transformers": transformers.__version__, "pytorch": torch.__version__},
+            "prompts": {}, "default_prompt_name": None, "similarity_fn_name": "cosine"}
 
 
 def _write_json(path, obj):

@@ -173,17 +173,19 @@ def uniformity(x, t: float = 2, block: int = 1024) -> float:
 # ----------------------------------------------------------------------------- a probe set
 
 
-def probe_metrics(emb, pos_pairs, tau: float = 0.9) -> dict:
-    """rank_metrics(emb) + {"alignment" (over pos_pairs), "uniformity" (over all rows)} of one (N, d) matrix.
+def probe_metrics(emb, pos_pairs, tau: float = 0.9, rows: int | None = None) -> dict:
+    """rank_metrics + {"alignment" (over pos_pairs), "uniformity"} of one (N, d) matrix.
 
-    emb: the probe sentences' embeddings (stsb_probe order). alignment is NaN without positive pairs.
+    emb: the probe set's embeddings (utils.scoring.probe_set order); the rank metrics and uniformity read its
+    first `rows` rows (default all), alignment the pairs anywhere in it (NaN without positive pairs).
     """
     emb = _matrix(emb)
-    metrics = rank_metrics(emb, tau)
+    probe = emb[:rows] if rows is not None else emb
+    metrics = rank_metrics(probe, tau)
     if pos_pairs:
         i, j = torch.as_tensor(list(pos_pairs), device=emb.device).T
         metrics["alignment"] = alignment(emb[i], emb[j])
     else:
         metrics["alignment"] = math.nan
-    metrics["uniformity"] = uniformity(emb) if emb.shape[0] >= 2 else math.nan
+    metrics["uniformity"] = uniformity(probe) if probe.shape[0] >= 2 else math.nan
     return metrics

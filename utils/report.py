@@ -216,14 +216,21 @@ def summary_section(results: dict) -> list[str]:
             "steps and seconds trained end at the early stop where a run stopped early.", ""]
 
 
+def _probe_set(s: dict) -> str:
+    """The probe set as the settings name it (older summaries: the STS-B split and its size)."""
+    names = s.get("eval_sets")
+    return names["probe"] if names else f"STS-B {s['probe_split']}, {s['probe_sentences']} sentences"
+
+
 def markdown(results: dict, rows_by_run: dict, plots: list, plots_note) -> str:
     s = results["settings"]
     rank_key = s["phase_metric"]
     n_ckpt = sum(len(v) for v in rows_by_run.values())
     lines = ["# Representation rank through fine-tuning", "",
              f"`analyze_rank.py` over {len(results['runs'])} run(s), {n_ckpt} checkpoints. Rank = `{rank_key}` "
-             f"of the STS-B {s['probe_split']} probe set ({s['probe_sentences']} sentences); STS-B dev and SICK-R "
-             "dev are Spearman × 100.", "",
+             f"of the probe set ({_probe_set(s)}); STS-B dev and SICK-R dev are Spearman × 100"
+             + (f" (\"STS-B dev\" here is the runs' own dev set, {s['dev_file']})" if s.get("dev_file") else "")
+             + ".", "",
              "**Phases**, one definition (`utils.phase.segment`, as train.py's summary and the findings read them), "
              "over each run's training log (its full and dense rank evaluations): Phase 1 = the first evaluation "
              "(step 0) → the rank peak (the evaluation with the highest rank, earliest on ties); Phase 2 = the "

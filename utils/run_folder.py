@@ -6,7 +6,7 @@ run writes there.
       .lock               an exclusive flock held for the process's life (dropped by the kernel on any exit)
       metrics.jsonl       one JSON object per train / eval / rank record
       summary.json        written at the end
-      best/               the best STS-B dev checkpoint (+ best_metrics.json)
+      best/               the best STS-B dev checkpoint (+ best_metrics.json, and README.md: its model card)
       peak/               the model at the rank peak (--save_peak_checkpoint)
       checkpoints/step-NNNNNN/   encoder exports for analyze_rank.py (--save_steps)
       state/step_NNNNNNN/        full training states (--checkpointing_steps), each marked with the run id
@@ -40,7 +40,8 @@ EXPORT_DIR = re.compile(r"^step-(\d+)$")
 RESUME_MAY_CHANGE = {
     "logging_steps", "eval_steps", "eval_batch_size", "rank_eval_steps", "rank_eval_until", "save_steps",
     "save_steps_until", "checkpointing_steps", "checkpoints_total_limit", "save_peak_checkpoint", "report_to",
-    "probe_split", "energy_tau", "phase_patience", "phase_margin", "early_stopping_patience",
+    "probe_split", "probe_file", "energy_tau", "phase_patience", "phase_margin", "early_stopping_patience",
+    "push_to_hub", "hub_private",
 }
 # ... unless training reads the evaluations: the plateau and target schedules and the early stop read STS-B
 # dev (with --rr_watch every, the rank evaluations' too), --rr_start peak the declared rank peak (fed by every
@@ -55,10 +56,21 @@ def _reads(args: dict) -> set:
     if stall or peak:
         reads.add("eval_steps")
     if dense or peak:
-        reads |= {"rank_eval_steps", "rank_eval_until", "probe_split"}
+        reads |= {"rank_eval_steps", "rank_eval_until", "probe_split", "probe_file"}
     if peak:
         reads |= {"phase_patience", "phase_margin", "phase_metric", "energy_tau"}
     return reads
+
+
+def _steers(key: str, reads: set) -> bool:
+    """Whether a flag steers the training (a resume must keep it), given the flags training reads."""
+    return key not in RESUME_MAY_CHANGE or key in reads
+
+
+def training_flags(args: dict) -> dict:
+    """The run's flags that steer its training (those a resume must keep), with their values."""
+    reads = _reads(args)
+    return {k: v for k, v in args.items() if k not in ("output_dir", "resume_from_checkpoint") and _steers(k, reads)}
 
 
 class RunFolderError(ValueError):
@@ -171,7 +183,7 @@ def compare_args(saved: dict, current: dict) -> tuple[dict, dict]:
         if old == new:
             continue
         longer = key == "max_train_steps" and old is not None and new is not None and new > old
-        (allowed if (key in RESUME_MAY_CHANGE and key not in reads) or longer else refused)[key] = (old, new)
+        (allowed if not _steers(key, reads) or longer else refused)[key] = (old, new)
     return refused, allowed
 
 
@@ -267,7 +279,8 @@ class PeakCheckpoint:
     becomes `peak/` when the detector declares the peak.
     """
 
-    def __init__(self, out_dir: str, keep: int):
+    def __init__(self, out_dir: str, keep: int, card=None):
+        self.card = card  # RunFolder.card, which writes the export's README.md (None: no card)
         self.candidate_dir = os.path.join(out_dir, "peak.candidate")
         self.peak_dir = os.path.join(out_dir, "peak")
         self.keep = keep
@@ -295,6 +308,8 @@ class PeakCheckpoint:
                     self._shadow.save_pretrained(tmp, tokenizer, max_seq_length)
                     with open(os.path.join(tmp, "peak_step.json"), "w") as f:
                         json.dump({"step": step}, f)
+                    if self.card:
+                        self.card(tmp, "peak", {"step": step}, self.peak_dir)
                 self.note = None
         if event["declared"] and os.path.isdir(self.candidate_dir):
             publish_dir(self.candidate_dir, self.peak_dir)
@@ -312,13 +327,16 @@ class RunFolder:
     on the main process and wait for the others (accelerate's own state save runs on all of them).
     """
 
-    def __init__(self, output_dir: str, resume: str | None = None):
+    def __init__(self, output_dir: str, resume: str | None = None, write_card=None):
         self.dir, self.resume = output_dir, resume
+        # utils.model_card.write_model_card, given by train.py: the analysis reads run folders without it
+        self.write_card = write_card
         self.metrics = MetricsLog(os.path.join(output_dir, "metrics.jsonl"))
         self.best_dir = os.path.join(output_dir, "best")
         self.state_root = os.path.join(output_dir, "state")
         self.summary_path = os.path.join(output_dir, "summary.json")
         self.accelerator, self.lock, self.saved, self.run_id, self.peak = None, None, None, None, None
+        self.args = None  # the run's arguments, once it has started
         self.candidates = []
 
     def check(self) -> None:
@@ -380,6 +398,7 @@ class RunFolder:
         """Record the run's start (run.json for a new run); a resume moves the records after its step aside.
         Returns how many records were moved."""
         moved = 0
+        self.args = args
         if self.accelerator.is_main_process:
             if resumed_at is not None:
                 moved = self.metrics.truncate_after(resumed_at)
@@ -388,7 +407,7 @@ class RunFolder:
 
     def keep_peak(self, keep: int) -> None:
         """Export the model at the rank peak to peak/ (--save_peak_checkpoint)."""
-        self.peak = PeakCheckpoint(self.dir, keep)
+        self.peak = PeakCheckpoint(self.dir, keep, self.card)
 
     def log(self, record: dict) -> None:
         """One record in metrics.jsonl, and its numbers to the trackers of --report_to."""
@@ -397,21 +416,37 @@ class RunFolder:
         if self.accelerator.trackers:
             self.accelerator.log({k: v for k, v in record.items() if isinstance(v, (int, float))}, step=record["step"])
 
-    def _write(self, path: str, model, tokenizer, max_length: int, name: str, info: dict) -> None:
+    def _write(self, path: str, model, tokenizer, max_length: int, name: str, info: dict, kind: str) -> None:
         if self.accelerator.is_main_process:
             with atomic_dir(path) as tmp:
                 model.save_pretrained(tmp, tokenizer, max_length)
                 write_json_atomic(os.path.join(tmp, name), info, indent=2)
+                self.card(tmp, kind, info, path)
         self.accelerator.wait_for_everyone()
 
+    def card(self, export_dir: str, kind: str, record: dict, path: str | None = None, summary: dict | None = None):
+        """The export's README.md (`write_card`); its loading code names the Hub repo best/ is pushed to, else
+        the export's folder (`path`, where it is written aside first)."""
+        if self.write_card is None:
+            return
+        args = summary["args"] if summary else self.args
+        model_id = args.get("push_to_hub") if kind == "best" and args.get("push_to_hub") else path or export_dir
+        self.write_card(export_dir, kind, record, args, training_flags(args), versions(), model_id, summary)
+
     def save_best(self, model, tokenizer, max_length: int, step: int, metrics: dict) -> None:
-        """best/: loadable by transformers and sentence-transformers, with best_metrics.json."""
-        self._write(self.best_dir, model, tokenizer, max_length, "best_metrics.json", {"step": step, **metrics})
+        """best/: loadable by transformers and sentence-transformers, with best_metrics.json and its card."""
+        self._write(self.best_dir, model, tokenizer, max_length, "best_metrics.json", {"step": step, **metrics}, "best")
+
+    def describe_best(self, summary: dict) -> None:
+        """best/'s card written again with the run's end: its outcome, rank peak and phases."""
+        if self.accelerator.is_main_process and os.path.isdir(self.best_dir):
+            with open(os.path.join(self.best_dir, "best_metrics.json")) as f:
+                self.card(self.best_dir, "best", json.load(f), summary=summary)
 
     def export(self, model, tokenizer, max_length: int, step: int, args: dict) -> None:
         """checkpoints/step-NNNNNN/: the encoder exported as best/ is, plus the step and args (analyze_rank.py)."""
         path = os.path.join(self.dir, "checkpoints", export_dir_name(step))
-        self._write(path, model, tokenizer, max_length, "checkpoint.json", {"step": step, "args": args})
+        self._write(path, model, tokenizer, max_length, "checkpoint.json", {"step": step, "args": args}, "checkpoint")
 
     def on_peak(self, step: int, event: dict, model, tokenizer, max_length: int) -> None:
         if self.peak is not None and self.accelerator.is_main_process:

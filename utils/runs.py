@@ -123,6 +123,24 @@ def load_runs(run_dirs) -> list[dict]:
     return runs
 
 
+EVAL_SET_FLAGS = ("dev_file", "dev_columns", "probe_file")
+
+
+def recorded_eval_sets(runs: list) -> dict:
+    """{flag: value} of the evaluation-set flags the runs trained with (train.py's --dev_file, --dev_columns,
+    --probe_file), so that their checkpoints are measured on the sets that selected them. ValueError where
+    runs differ: their scores would not compare."""
+    recorded = {}
+    for run in runs:
+        used = tuple((run["args"] or {}).get(flag) for flag in EVAL_SET_FLAGS)
+        recorded.setdefault(used, []).append(run["name"])
+    if len(recorded) > 1:
+        sets = "; ".join(f"{', '.join(names)}: {dict(zip(EVAL_SET_FLAGS, used))}" for used, names in recorded.items())
+        raise ValueError(f"the runs were evaluated on different sets ({sets}); analyse each set's runs apart, or "
+                         "give --dev_file / --probe_file to measure them all on one")
+    return dict(zip(EVAL_SET_FLAGS, next(iter(recorded)))) if recorded else {}
+
+
 def list_checkpoints(run: dict, exports=None) -> list[dict]:
     """[{"step", "path", "pooler", "source"}] sorted by step, one per step: checkpoints/step-NNNNNN/
     (train.py --save_steps), best/ and peak/ where their step has no export (same weights otherwise), and

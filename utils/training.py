@@ -153,7 +153,7 @@ class TrainState:
         """Whether a full evaluation is the new best/ (STS-B dev strictly higher); records it if so."""
         if not metrics["stsb_dev"] > self.best_score:
             return False
-        self.best_step, self.best_metrics = self.step, {k: metrics[k] for k in ("stsb_dev", "sickr_dev")}
+        self.best_step, self.best_metrics = self.step, {k: metrics[k] for k in ("stsb_dev", "sickr_dev") if k in metrics}
         self.best_train_seconds = self.train_seconds
         return True
 
