@@ -53,6 +53,7 @@ def test_each_layout_reads_the_same_pairs(tmp_path):
 
 
 @pytest.mark.parametrize("content, columns, needle", [
+    ("\n \n", None, "is empty: it needs sentence pairs with a gold score"),
     ("sentence1\tsentence2\tscore\n" + "a b\tc d\t1\n" * 3, None, "3 scored pairs; the in-training evaluation needs at least 10"),
     ("sentence1\tsentence2\tscore\n" + "a b\tc d\t1\n" * 12, None, "every pair has the score 1.0"),
     ("sentence1\tsentence2\tscore\n" + "a b\tc d\thigh\n" + "a b\tc d\t1\n" * 12, None, "line 2: score 'high' is not a finite number"),

@@ -60,13 +60,13 @@ def read_scored_pairs(path: str, columns=None, flag: str = "--dev_file") -> tupl
     SentEval's files; blank lines skipped. DataError names the file, the line and what is wrong: a missing
     column, a row too short, an empty sentence, a score that is not a finite number, fewer than MIN_PAIRS
     pairs, or scores that are all equal (no ranking to correlate with)."""
-    rows = _rows(path, flag)
-    (c1, c2, cs), header = _columns(rows, columns, path, flag)
+    numbered = [(line, row) for line, row in enumerate(_rows(path, flag), start=1) if any(c.strip() for c in row)]
+    if not numbered:
+        raise DataError(f"{flag} {path} is empty: it needs sentence pairs with a gold score")
+    (c1, c2, cs), header = _columns([row for _, row in numbered], columns, path, flag)
     need = max(c1, c2, cs) + 1
     s1, s2, gold = [], [], []
-    for line, row in enumerate(rows, start=1):
-        if (header and line == 1) or not any(c.strip() for c in row):
-            continue
+    for line, row in numbered[1:] if header else numbered:
         if len(row) < need:
             raise DataError(f"{flag} {path}: line {line}: expected at least {need} fields, got {len(row)}")
         a, b = " ".join(row[c1].split()), " ".join(row[c2].split())
