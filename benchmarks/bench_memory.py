@@ -81,6 +81,7 @@ def main(argv=None):
         result = report.attempt(variant, lambda: in_child("benchmarks.bench_memory", child))
         if result is not None:
             rows[variant] = result
+            report.save()  # a run cut short keeps every variant measured so far
             print(f"{variant}: RSS {result['rss_mb']}", flush=True)
     return report.finish(format_table(report.data))
 
