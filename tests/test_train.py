@@ -469,7 +469,7 @@ def test_a_finite_loss_with_an_infinite_gradient_is_not_applied(tiny_bert):
     assert all(not state or state["step"] == 0 for state in step.inner.state.values())
 
 
-def test_an_infinite_gradient_stops_the_run_before_the_update(tmp_path, tiny_bert, fake_senteval):
+def test_an_infinite_gradient_is_skipped_and_stops_the_run_at_the_record(tmp_path, tiny_bert, fake_senteval):
     corpus = tmp_path / "repeated.txt"
     corpus.write_text("a man is playing\n" * 40)
     out = tmp_path / "out"
