@@ -216,24 +216,9 @@ def main(argv=None):
         folder.keep_peak(keep=tracker.detector.window // 2 + 1)
 
     # ---- a resume continues the same training, from its newest state that loads
-    try:
-        changed = folder.check_resume(vars(args))
-        resumed_from = folder.load_state(note=say) if args.resume_from_checkpoint else None
-    except RunFolderError as err:
-        fail(str(err))
-    if resumed_from and stopper.stopped:  # it ended by its early stop; more steps or another patience go on
-        if {"max_train_steps", "early_stopping_patience"} & changed.keys():
-            stopper.resume()
-        else:
-            accelerator.print(f"{args.output_dir}: this run has finished: it stopped early at step {state.step} "
-                              f"(STS-B dev had not improved since step {stopper.best_step}); a larger "
-                              "--max_train_steps trains it on")
-            if folder.summary_exists():
-                return
-    if resumed_from:
-        state.resumes.append({"step": state.step, "from": resumed_from, "changed": {k: list(v) for k, v in changed.items()}})
-        accelerator.print(f"resumed from {resumed_from} at step {state.step}" + "".join(
-            f", --{k} {new} (was {old})" for k, (old, new) in changed.items()))
+    resumed_from, finished = resume(args, folder, state, stopper, accelerator)
+    if finished:
+        return
     if folder.start(vars(args), state.step if resumed_from else None):
         accelerator.print(f"the records after step {state.step} moved to metrics.discarded.jsonl")
     if args.report_to != "none":
@@ -294,12 +279,7 @@ def main(argv=None):
     progress.close()
 
     # ---- the end: the last state where it is needed, the summary
-    if window.failure():  # its update, and any later non-finite one, was skipped: the weights are the last good
-        status = f"stopped: {window.failure()}"
-    elif stopper.stopped:
-        status = "early_stopped"
-    elif status == "finished" and state.best_step is None:
-        status = "stopped: no evaluation gave a finite STS-B dev score (check the evaluation files and the model)"
+    status = final_status(status, window, stopper, state)
     last_state = None
     if status != "finished":  # an early stop resumes from it with more steps; a failure from the last good step
         last_state = folder.state_path(state.step)
@@ -311,19 +291,60 @@ def main(argv=None):
     folder.write_summary(summary)
     folder.describe_best(summary)  # best/README.md, now with the outcome, the rank peak and the phases
     accelerator.end_training()
+    say_outcome(args, status, state, last_state, folder.best_dir, accelerator)
+
+def resume(args, folder, state, stopper, accelerator) -> tuple[str | None, bool]:
+    """(the state resumed from or None, finished): load the newest state that loads (with
+    --resume_from_checkpoint) and record the resume; finished where the run already ended by its early stop
+    and nothing changed that would train it on."""
+    try:
+        changed = folder.check_resume(vars(args))
+        resumed_from = folder.load_state(note=say) if args.resume_from_checkpoint else None
+    except RunFolderError as err:
+        fail(str(err))
+    if resumed_from and stopper.stopped:  # it ended by its early stop; more steps or another patience go on
+        if {"max_train_steps", "early_stopping_patience"} & changed.keys():
+            stopper.resume()
+        else:
+            accelerator.print(f"{args.output_dir}: this run has finished: it stopped early at step {state.step} "
+                              f"(STS-B dev had not improved since step {stopper.best_step}); a larger "
+                              "--max_train_steps trains it on")
+            if folder.summary_exists():
+                return resumed_from, True
+    if resumed_from:
+        state.resumes.append({"step": state.step, "from": resumed_from, "changed": {k: list(v) for k, v in changed.items()}})
+        accelerator.print(f"resumed from {resumed_from} at step {state.step}" + "".join(
+            f", --{k} {new} (was {old})" for k, (old, new) in changed.items()))
+    return resumed_from, False
+
+
+def final_status(status: str, window, stopper, state) -> str:
+    """How the run ended: a non-finite step, its early stop, no usable evaluation, or as the loop says."""
+    if window.failure():  # its update, and any later non-finite one, was skipped: the weights are the last good
+        return f"stopped: {window.failure()}"
+    if stopper.stopped:
+        return "early_stopped"
+    if status == "finished" and state.best_step is None:
+        return "stopped: no evaluation gave a finite STS-B dev score (check the evaluation files and the model)"
+    return status
+
+
+def say_outcome(args, status: str, state, last_state, best_dir: str, accelerator) -> None:
+    """The run's last lines: the error and how to train on (exit 1), or the best score and the push (exit 3 where
+    only the upload failed)."""
     if status not in ("finished", "early_stopped"):
         advice = "" if state.best_step is None and "evaluation" in status else (
             " To train on, start a new run (another --output_dir) with a lower --learning_rate, a higher --temp, "
             "--max_grad_norm 1, or --mixed_precision bf16 instead of fp16: a resume keeps this run's settings.")
         say(f"error: {status}; the last good state is in {last_state}.{advice}")
         raise SystemExit(1)
-    accelerator.print(f"best dev score {state.best_score:.2f} at step {state.best_step} -> {folder.best_dir}")
+    accelerator.print(f"best dev score {state.best_score:.2f} at step {state.best_step} -> {best_dir}")
     if args.push_to_hub and accelerator.is_main_process:
-        url, problem = push_folder(folder.best_dir, args.push_to_hub, args.hub_private)
+        url, problem = push_folder(best_dir, args.push_to_hub, args.hub_private)
         if problem:  # the run is finished and complete on disk: only the upload is missing (exit code 3)
             say(f"error: {problem}")
             raise SystemExit(3)
-        accelerator.print(f"pushed {folder.best_dir} to {url}")
+        accelerator.print(f"pushed {best_dir} to {url}")
 
 
 def train_record(state, window, batches, scheduler, rank_reduction, phase: int) -> dict:
