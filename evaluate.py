@@ -153,14 +153,7 @@ def main(argv=None):
             print(f"(probing files from {args.probing_dir}: compare encoders on the same files only)")
             record[name]["probing_dir"] = args.probing_dir
     if mteb_tasks:
-        try:
-            record["mteb"] = run_mteb_tasks(mteb_tasks, embed, args.model_name_or_path, args.batch_size,
-                                            progress=sys.stderr.isatty())
-        except ValueError as err:
-            fail(str(err))
-        print(format_scores({task: 100 * r["score"] for task, r in record["mteb"].items()}, avg=False))
-        print("(MTEB's main scores x 100: " + ", ".join(f"{task} {r['main_score']}"
-                                                     for task, r in record["mteb"].items()) + ")")
+        record["mteb"] = mteb_scores(mteb_tasks, embed, args)
     seconds = time.time() - start
     if transfer_tasks or probing_tasks or mteb_tasks:
         print(f"{seconds:.1f} s in all")
@@ -170,6 +163,18 @@ def main(argv=None):
         write_json_atomic(args.output_json, record, indent=2)
         print(f"wrote {args.output_json}")
     return record
+
+
+def mteb_scores(mteb_tasks, embed, args) -> dict:
+    """The MTEB tasks' results with this embedding, printed as a table."""
+    try:
+        results = run_mteb_tasks(mteb_tasks, embed, args.model_name_or_path, args.batch_size,
+                                 progress=sys.stderr.isatty())
+    except ValueError as err:
+        fail(str(err))
+    print(format_scores({task: 100 * r["score"] for task, r in results.items()}, avg=False))
+    print("(MTEB's main scores x 100: " + ", ".join(f"{task} {r['main_score']}" for task, r in results.items()) + ")")
+    return results
 
 
 if __name__ == "__main__":
