@@ -144,17 +144,8 @@ def main(argv=None):
     # ---- groups and findings
     groups = group_runs(runs)
     group_of = {r["name"]: g["label"] for g in groups for r in g["runs"]}
-    results_by_run = {}
-    for run in runs:
-        ph, rows = phases[run["name"]], rows_by_run[run["name"]]
-        for row, phase in zip(rows, phase_labels([r["step"] for r in rows], ph["peak"]["step"], ph["best"]["step"])):
-            row.update(group=group_of[run["name"]], phase=phase, is_peak=int(row["step"] == ph["peak"]["step"]),
-                       is_best=int(row["step"] == ph["best"]["step"]))
-        results_by_run[run["name"]] = {
-            "name": run["name"], "dir": run["dir"], "status": run["status"], "group": group_of[run["name"]],
-            "seed": run["seed"], "checkpoints": len(rows), "phases": ph, "sts_test": run["sts_test"],
-            "compute": run["compute"], "embeddings": run["embeddings"], "notes": run["notes"],
-        }
+    results_by_run = {run["name"]: run_result(run, rows_by_run[run["name"]], phases[run["name"]], group_of[run["name"]])
+                      for run in runs}
     group_results = [group_stats(g, results_by_run, args.phase_metric) for g in groups]
     findings, findings_by_method = judge_by_method(runs, groups, phases, args.phase_metric)
     logs = {run["name"]: log_series(run["log"], args.phase_metric) for run in runs}
@@ -188,6 +179,16 @@ def main(argv=None):
     print(report)
     print(f"{total} checkpoints in {seconds:.0f} s; wrote {args.out}/checkpoints.csv, summary.json, report.md"
           + (f" and {len(plots)} plots" if plots else ""))
+
+
+def run_result(run: dict, rows: list, ph: dict, group: str) -> dict:
+    """One run's entry of summary.json; its checkpoint rows labelled with their group and phase on the way."""
+    for row, phase in zip(rows, phase_labels([r["step"] for r in rows], ph["peak"]["step"], ph["best"]["step"])):
+        row.update(group=group, phase=phase, is_peak=int(row["step"] == ph["peak"]["step"]),
+                   is_best=int(row["step"] == ph["best"]["step"]))
+    return {"name": run["name"], "dir": run["dir"], "status": run["status"], "group": group, "seed": run["seed"],
+            "checkpoints": len(rows), "phases": ph, "sts_test": run["sts_test"], "compute": run["compute"],
+            "embeddings": run["embeddings"], "notes": run["notes"]}
 
 
 if __name__ == "__main__":
