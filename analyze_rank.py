@@ -12,7 +12,8 @@ compared, and the paper's findings judged on the runs.
 The phases come from each run's training log (utils.phase.segment, to the checkpoint best/ holds). Every
 checkpoint is swept: scored as training scored it (utils.scoring.score of the embedding training selected by),
 plus the STS test sets and probing of the embedding evaluate.py reports. Outputs in --out: checkpoints.csv,
-summary.json, report.md (also printed) and PNG plots (matplotlib is optional). docs/analyze_rank.md says more.
+summary.json, report.md (also printed), PNG plots (matplotlib is optional) and measurements.jsonl, which a later
+analysis into the same --out reads instead of measuring those checkpoints again. docs/analyze_rank.md says more.
 """
 
 import argparse
@@ -27,6 +28,7 @@ from utils.analysis import (add_checkpoint_metrics, band, boundary_checkpoints, 
 from utils.cli import number
 from utils.data import check_output_path
 from utils.encode import parse_device
+from utils.measurements import MeasurementStore
 from utils.findings import judge_by_method
 from utils.rank import RANK_METRICS
 from utils.report import markdown, write_csv, write_summary
@@ -87,6 +89,9 @@ def analysis_notes(args, runs, sweep, probing_tasks) -> list[str]:
     if sweep.reused:
         notes.append(f"{len(sweep.reused)} measurement(s) of a checkpoint whose weights an earlier one already had "
                      "(e.g. every run's step-0 export of the same starting model) reused that one's numbers")
+    if sweep.stored:
+        notes.append(f"{len(sweep.stored)} measurement(s) read from {sweep.store.path}, where an earlier analysis "
+                     "into this folder took them of the same weights and evaluation data (delete it to measure again)")
     if probing_tasks is None:
         notes.append("no probing columns: no --probing_dir given")
     elif args.probing_at == "boundaries":
@@ -131,7 +136,8 @@ def main(argv=None):
     print(f"{len(runs)} run(s), {total} checkpoints | rank = {args.phase_metric} | dev set {eval_sets.names['dev']} "
           f"| probe set {eval_sets.names['probe']} | {device}")
     start = time.time()
-    sweep = Sweep(eval_sets, test_tasks, probing_tasks, args.energy_tau, args.batch_size, device)
+    sweep = Sweep(eval_sets, test_tasks, probing_tasks, args.energy_tau, args.batch_size, device,
+                  store=MeasurementStore(args.out))  # what an earlier analysis into --out measured is not measured again
     rows_by_run = sweep.run(runs, {run["name"]: probe_steps(args, run, phases[run["name"]]) for run in runs})
     seconds = time.time() - start
 

@@ -16,7 +16,8 @@
 #
 # Layout: $OUT/runs/{baseline,rr,rr-schedule}-seed$S/ for SimCSE, $OUT/runs/$METHOD-{...}-seed$S/ for the
 # others (train.py output folders, each with sts_test.json),
-# $OUT/analysis/ (report.md, checkpoints.csv, summary.json, *.png) and $OUT/study.settings (the settings
+# $OUT/analysis/ (report.md, checkpoints.csv, summary.json, *.png; measurements.jsonl, so a later call measures only
+# new checkpoints) and $OUT/study.settings (the settings
 # below that shape the runs: a later call with other values is refused, naming the setting, so one study
 # never mixes two recipes; more SEEDS, VARIANTS or METHODS may be added). Every setting can be overridden from the
 # environment. A finished run (summary.json with status "finished" or "early_stopped") is not trained again and a run with

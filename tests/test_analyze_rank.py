@@ -11,6 +11,7 @@ from scipy.stats import kendalltau, spearmanr
 import analyze_rank
 from tests.conftest import WORDS, add_fake_sts_years, run_in_process, train_in_process, write_fake_senteval
 from utils.phase import offline_peak
+from utils.sweep import Sweep
 
 TRAIN_ARGS = ("--pooler_type", "avg", "--max_train_steps", "8", "--eval_steps", "4", "--rank_eval_steps", "2",
               "--rank_eval_until", "8", "--save_steps", "2")
@@ -41,14 +42,14 @@ def study(tmp_path_factory, tiny_bert, corpus):
     for seed, out in zip((1, 2), runs):
         train_in_process(tiny_bert, corpus, data, out, *TRAIN_ARGS, "--seed", str(seed))
     out = root / "analysis"
-    proc = run_in_process(analyze_rank.main, ["--runs", *runs, "--data_dir", data, "--out", out, "--sts_test",
-                                              "--probing_dir", write_fake_probing(root / "probing"),
-                                              "--probing_at", "boundaries", "--probing_limit", "30", "--device", "cpu"])
+    argv = ["--runs", *runs, "--data_dir", data, "--sts_test", "--probing_dir", write_fake_probing(root / "probing"),
+            "--probing_at", "boundaries", "--probing_limit", "30", "--device", "cpu"]
+    proc = run_in_process(analyze_rank.main, [*argv, "--out", out])
     assert proc.returncode == 0, proc.stderr[-3000:]
     strict = lambda c: pytest.fail(f"summary.json holds {c}")  # noqa: E731
     summary = json.load(open(out / "summary.json"), parse_constant=strict)
     rows = list(csv.DictReader(open(out / "checkpoints.csv")))
-    return {"runs": runs, "out": out, "stdout": proc.stdout, "summary": summary, "rows": rows}
+    return {"runs": runs, "out": out, "argv": argv, "stdout": proc.stdout, "summary": summary, "rows": rows}
 
 
 def rows_of(study, run):
@@ -124,6 +125,42 @@ def test_same_weights_are_measured_once_and_probing_is_limited(study):
     measured = [c for c in first if c not in ("run", "seed", "group", "phase", "is_peak", "is_best", "checkpoint")]
     assert {c: second[c] for c in measured} == {c: first[c] for c in measured}
     assert first["checkpoint"] != second["checkpoint"]
+
+
+def test_a_second_analysis_into_the_same_folder_reads_what_the_first_measured(study, tmp_path, monkeypatch):
+    out = tmp_path / "analysis"
+    shutil.copytree(study["out"], out)
+    stored = (out / "measurements.jsonl").read_text().splitlines()
+    probed = [r for r in study["rows"] if r["probing_Tense"] != ""]
+    assert len(stored) == len(study["rows"]) + len(probed) - 2  # seed 2's step 0: seed 1's weights, scored and probed
+    monkeypatch.setattr(Sweep, "_scores", lambda *a: pytest.fail("measured again"))
+    monkeypatch.setattr(Sweep, "_probing", lambda *a: pytest.fail("probed again"))
+    proc = run_in_process(analyze_rank.main, [*study["argv"], "--out", out])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert list(csv.DictReader(open(out / "checkpoints.csv"))) == study["rows"]
+    notes = json.load(open(out / "summary.json"))["notes"]
+    assert any(n.startswith(f"{len(stored)} measurement(s) read from {out / 'measurements.jsonl'}") for n in notes), notes
+    assert (out / "measurements.jsonl").read_text().splitlines() == stored
+
+
+def test_stored_measurements_of_other_settings_are_not_read_and_a_cut_line_is_passed_over(tmp_path, tiny_bert,
+                                                                                          fake_senteval, monkeypatch):
+    run, out = fake_run(tmp_path, tiny_bert), tmp_path / "out"
+    argv = ["--runs", str(run), "--data_dir", str(fake_senteval), "--out", str(out), "--device", "cpu"]
+    analyze_rank.main(argv)
+    store = out / "measurements.jsonl"
+    first = [json.loads(line)["key"] for line in store.read_text().splitlines()]
+    assert 0 < len(first) < 3  # the two exports hold the same weights: measured once
+    with open(store, "a") as f:
+        f.write('{"key": "an analysis stopped mid-li')
+    analyze_rank.main([*argv, "--energy_tau", "0.5"])  # another setting: measured again, on a line of its own
+    lines = store.read_text().splitlines()
+    assert lines[len(first)] == '{"key": "an analysis stopped mid-li'
+    second = [json.loads(line)["key"] for line in lines[len(first) + 1:]]
+    assert len(second) == len(first) and not set(first) & set(second)
+    monkeypatch.setattr(Sweep, "_scores", lambda *a: pytest.fail("measured again"))
+    analyze_rank.main(argv)
+    assert [int(r["step"]) for r in csv.DictReader(open(out / "checkpoints.csv"))] == [0, 2, 4]
 
 
 def test_one_group_over_both_seeds_and_the_report(study):
@@ -258,7 +295,7 @@ def test_promptbert_checkpoints_give_the_logged_numbers_and_evaluate_pys_sts_tes
 def test_an_early_stop_is_a_finished_run():
     args = analyze_rank.parse_args(["--runs", "r", "--data_dir", "d"])
     runs = [{"name": n, "status": s} for n, s in (("a", "finished"), ("b", "early_stopped"), ("c", "unfinished"))]
-    notes = analyze_rank.analysis_notes(args, runs, type("Sweep", (), {"reused": []}), None)
+    notes = analyze_rank.analysis_notes(args, runs, type("Sweep", (), {"reused": [], "stored": []}), None)
     assert [n for n in notes if ": " in n and n.split(":")[0] in "abc"] == [
         "c: unfinished (its checkpoints so far are analysed)"]
 

@@ -4,7 +4,8 @@ Each checkpoint is read with two embeddings (utils/embedding.py), which differ o
 two ways (PromptBERT): the dev embedding, which training logged and selected best/ by, gives what
 `utils.scoring.score` computes (rank metrics, alignment, uniformity, STS-B dev, SICK-R trial), so a checkpoint
 scores what the training log says; the test embedding, which evaluate.py reports by default, gives the STS
-test sets and the probing tasks. Checkpoints holding the same weights, read the same way, are measured once.
+test sets and the probing tasks. Checkpoints holding the same weights, read the same way, are measured once,
+and with a `store` (utils/measurements.py) once across analyses into the same folder.
 """
 
 import functools
@@ -13,6 +14,7 @@ import os
 
 from utils.embedding import Embedding, checkpoint_embedder, read_embedding
 from utils.encode import EmbeddingCache, default_max_length, encode
+from utils.measurements import digest
 from utils.model import ModelLoadError, load_pretrained
 from utils.runs import weights_fingerprint
 from utils.scoring import score
@@ -57,13 +59,17 @@ def run_embedding_config(run: dict) -> dict:
 
 class Sweep:
     """Measures checkpoints. sets: utils.scoring.EvalSets; test_tasks: the STS test sets (or None);
-    probing_tasks: utils.probing tasks (or None). `reused` counts the measurements taken from an earlier
-    checkpoint with the same weights."""
+    probing_tasks: utils.probing tasks (or None); store: a utils.measurements.MeasurementStore (or None).
+    `reused` lists the measurements taken from an earlier checkpoint with the same weights, `stored` those
+    read from the store."""
 
-    def __init__(self, sets, test_tasks, probing_tasks, energy_tau: float, batch_size: int, device):
+    def __init__(self, sets, test_tasks, probing_tasks, energy_tau: float, batch_size: int, device, store=None):
         self.sets, self.test_tasks, self.probing_tasks = sets, test_tasks, probing_tasks
         self.energy_tau, self.batch_size, self.device = energy_tau, batch_size, device
-        self.measured, self.reused = {}, []
+        self.measured, self.reused, self.stored, self.store = {}, [], [], store
+        # what each part's values depend on besides the checkpoint: its evaluation data and settings
+        self.data_digest = {"scores": digest([sets, test_tasks, energy_tau]),
+                            "probing": digest(probing_tasks) if store and probing_tasks else None} if store else {}
 
     def run(self, runs: list, probe_steps: dict) -> dict:
         """{run name: checkpoint rows}, every checkpoint of every run in one progress bar. probe_steps: {run name:
@@ -108,12 +114,19 @@ class Sweep:
         weights, row, embed = weights_fingerprint(checkpoint["path"]), {}, {}
         for part in ("scores", "probing") if probing and self.probing_tasks else ("scores",):
             key = (weights, read["dev"], read["test"], part)
+            stored_key = self.store and digest([*key, default_max_length(tokenizer, encoder.config),
+                                                self.data_digest[part]])
             if key in self.measured:
                 self.reused.append(checkpoint["path"])
+            elif self.store and self.store.get(stored_key) is not None:
+                self.measured[key] = self.store.get(stored_key)
+                self.stored.append(checkpoint["path"])
             else:
                 if not embed:
                     embed = self._embedders(encoder, tokenizer, read, checkpoint["path"])
                 self.measured[key] = self._scores(embed) if part == "scores" else self._probing(embed["test"])
+                if self.store:
+                    self.store.put(stored_key, self.measured[key], checkpoint["path"])
             row.update(self.measured[key])
         return row
 
