@@ -293,6 +293,7 @@ def main(argv=None):
     accelerator.end_training()
     say_outcome(args, status, state, last_state, folder.best_dir, accelerator)
 
+
 def resume(args, folder, state, stopper, accelerator) -> tuple[str | None, bool]:
     """(the state resumed from or None, finished): load the newest state that loads (with
     --resume_from_checkpoint) and record the resume; finished where the run already ended by its early stop

@@ -1,6 +1,7 @@
 """Shared fixtures: tiny random BERT/RoBERTa checkpoints saved to disk, and paths into ../shared."""
 
 import os
+import socket
 import sys
 from pathlib import Path
 from typing import NamedTuple
@@ -13,6 +14,19 @@ sys.path.insert(0, str(REPO))
 # One thread per process, for the tests and every script they start: two test workers run at once
 # (pytest.ini), and two multi-threaded torch processes on two cores wait on each other's threads.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+# No test reaches the network: a host name other than this machine's fails at once, as it does offline, where the
+# hub client would retry it for half a minute; what a test needs from the hub is on disk or replaced in the test.
+_resolve = socket.getaddrinfo
+
+
+def _this_machine_only(host, *args, **kwargs):
+    if host in (None, "", "localhost", "127.0.0.1", "::1") or str(host).startswith("127."):
+        return _resolve(host, *args, **kwargs)
+    raise socket.gaierror(socket.EAI_NONAME, f"{host}: the tests do not use the network")
+
+
+socket.getaddrinfo = _this_machine_only
 
 # ../shared holds the real data and the one real encoder these machines have (see README).
 SHARED = Path(os.environ.get("SHARED_DIR", REPO.parent / "shared"))

@@ -30,6 +30,7 @@ def _training_model(path, args, unpad=False, seed=0, dtype=torch.float32):
     from utils.model import SimCSEModel, load_pretrained
 
     encoder, tokenizer = load_pretrained(str(path))
+    args.model_name_or_path = str(path)  # what the method reads of the starting model (InfoCSE's MLM head) is here
     torch.manual_seed(seed)
     model = SimCSEModel(encoder, args.pooler_type, args.mlp_only_train, unpad)
     method = METHODS[args.method](args, model, tokenizer)

@@ -34,7 +34,8 @@ def _step(path, method, compile_mode=None):
 
     AcceleratorState._reset_state(reset_partial_state=True)
     extra = ("--queue_size", "4") if method == "esimcse" else ()
-    args = parse_args(["--method", method, "--train_file", "-", "--eval_data_dir", "-", "--output_dir", "-",
+    args = parse_args(["--method", method, "--model_name_or_path", str(path), "--train_file", "-", "--eval_data_dir", "-",
+                       "--output_dir", "-",
                        "--max_seq_length", "16", "--per_device_train_batch_size", "4", "--rank-reduction", "0.5",
                        "--rr_solver", "quadrature", "--pad_to_max_length", *extra])
     encoder, tokenizer = load_pretrained(str(path))
