@@ -427,6 +427,16 @@ def test_the_summary_per_method_gives_rr_against_its_baseline_with_the_verdicts(
             "best, spread, steps trained (1.00×), seconds trained (1.00×) |") in text
 
 
+def test_the_summary_lists_each_methods_baseline_first_whatever_the_order_of_the_runs():
+    from utils.report import summary_section
+
+    runs, rows_by_run = synthetic_study()
+    results = tiny_results(rows_by_run, runs)
+    results["groups"].reverse()  # the RR runs given first, as `rr-seed*` sorts after `baseline-seed*` reversed
+    rows = [line for line in summary_section(results) if line.startswith("| simcse |")]
+    assert [row.split(" | ")[1] for row in rows] == ["baseline", "RR λ=0.1"]
+
+
 def test_plots_are_skipped_cleanly_without_matplotlib(tmp_path, monkeypatch):
     from utils.plots import write_plots
 

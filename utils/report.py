@@ -202,8 +202,9 @@ def summary_section(results: dict) -> list[str]:
     (mean ± std over seeds), with the verdicts of RR against its baseline."""
     findings = {None: results.get("findings")} if results.get("findings") else {}
     findings.update(results.get("findings_by_method") or {})
-    body = []
-    for g in results["groups"]:
+    methods = list(dict.fromkeys(g["method"] for g in results["groups"]))
+    body = []  # each method's groups together, its baseline first, whatever order the runs were given in
+    for g in sorted(results["groups"], key=lambda g: (methods.index(g["method"]), g["kind"] != "baseline")):
         judged = findings.get(g["method"]) or findings.get(None) or {"findings": []}
         body.append([g["method"], g["label"], len(g["runs"]), _pm(g["best_stsb_dev"]), _pm(g["sts_test_avg"]),
                      _pm(g["best_step"], ".0f"), _pm(g["best_seconds"], ".0f"), _pm(g["steps"], ".0f"),
