@@ -174,6 +174,17 @@ def test_spread_is_judged_from_five_seeds():
     assert stability["verdict"] == HOLDS and stability["detail"]["ratio"] < 0.1
 
 
+def test_the_spread_test_needs_three_per_sample():
+    from scipy.stats import levene
+
+    from utils.findings import compare_spreads
+
+    two = compare_spreads([84.2, 84.5], [84.8, 85.1])  # 2 + 2: both deviations from each median are equal
+    assert two["p"] is None and two["std"][0] == pytest.approx(0.3 / 2 ** 0.5)
+    a, b = [84.0, 84.3, 84.9], [85.0, 85.05, 85.1]
+    assert compare_spreads(a, b)["p"] == pytest.approx(levene(b, a, center="median").pvalue)
+
+
 def test_compare_means_welch_and_exact_permutation():
     from scipy.stats import ttest_ind
 

@@ -113,8 +113,10 @@ def compare_spreads(a, b) -> dict:
     sa = float(np.std(a, ddof=1)) if len(a) > 1 else None
     sb = float(np.std(b, ddof=1)) if len(b) > 1 else None
     out = {"n": [len(a), len(b)], "std": [sa, sb], "ratio": sb / sa if sa and sb is not None else None, "p": None}
-    if len(a) >= 2 and len(b) >= 2 and np.ptp(a) + np.ptp(b) > 0:
-        out["p"] = float(levene(b, a, center="median").pvalue)
+    # from 3 per sample: with 2, both points lie equally far from their median, so the test divides by zero
+    if len(a) >= 3 and len(b) >= 3 and np.ptp(a) + np.ptp(b) > 0:
+        p = float(levene(b, a, center="median").pvalue)
+        out["p"] = p if math.isfinite(p) else None
     return out
 
 
