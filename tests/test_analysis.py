@@ -437,6 +437,21 @@ def test_the_summary_lists_each_methods_baseline_first_whatever_the_order_of_the
     assert [row.split(" | ")[1] for row in rows] == ["baseline", "RR λ=0.1"]
 
 
+def test_a_methods_baseline_and_rr_share_a_colour_and_rr_is_dashed():
+    plt = pytest.importorskip("matplotlib.pyplot")
+    from utils.plots import _colours, _dashes
+
+    results = {"groups": [{"label": "simcse", "method": "simcse", "kind": "baseline"},
+                          {"label": "simcse + RR", "method": "simcse", "kind": "rr"},
+                          {"label": "esimcse", "method": "esimcse", "kind": "baseline"}]}
+    colours = _colours(plt, {"simcse": [], "simcse + RR": [], "esimcse": []}, results)
+    assert colours["simcse"] == colours["simcse + RR"] != colours["esimcse"]
+    assert [_dashes(results, g, colours) for g in colours] == ["-", "--", "-"]
+    one = {"groups": results["groups"][:2]}  # one method: a colour per group, all lines solid
+    colours = _colours(plt, {"simcse": [], "simcse + RR": []}, one)
+    assert colours["simcse"] != colours["simcse + RR"] and _dashes(one, "simcse + RR", colours) == "-"
+
+
 def test_plots_are_skipped_cleanly_without_matplotlib(tmp_path, monkeypatch):
     from utils.plots import write_plots
 

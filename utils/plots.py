@@ -35,7 +35,7 @@ def write_plots(out_dir, runs, rows_by_run, results, rank_key) -> tuple[list, st
     groups = {}
     for run in runs:
         groups.setdefault(by_name[run["name"]]["group"], []).append(run)
-    colours = {g: plt.get_cmap("tab10")(i % 10) for i, g in enumerate(groups)}
+    colours = _colours(plt, groups, results)
     written = []
     for name, draw in (("rank_vs_step.png", _rank_vs_step), ("align_uniform.png", _align_uniform),
                        ("stsb_dev_vs_step.png", _stsb_vs_step), ("groups_overlay.png", _overlay)):
@@ -44,6 +44,21 @@ def write_plots(out_dir, runs, rows_by_run, results, rank_key) -> tuple[list, st
         plt.close(fig)
         written.append(name)
     return written, None
+
+
+def _colours(plt, groups, results) -> dict:
+    """{group: colour}: a colour per group; with several methods a colour per method, so that a method's
+    baseline and RR groups share it (RR's lines are dashed: `_dashes`)."""
+    method = {g["label"]: g.get("method") for g in results["groups"]}
+    keys = [method.get(g) for g in groups] if len({method.get(g) for g in groups}) > 1 else list(groups)
+    order = list(dict.fromkeys(keys))
+    return {g: plt.get_cmap("tab10")(order.index(k) % 10) for g, k in zip(groups, keys)}
+
+
+def _dashes(results, group, colours) -> str:
+    """'--' for an RR group that shares its colour with its method's baseline, else '-'."""
+    kind = next((g.get("kind") for g in results["groups"] if g["label"] == group), None)
+    return "--" if kind not in (None, "baseline") and list(colours.values()).count(colours[group]) > 1 else "-"
 
 
 def _grid(plt, nrows, ncols, w=3.0, h=2.3):
@@ -128,7 +143,8 @@ def _stsb_vs_step(plt, groups, rows_by_run, by_name, results, rank_key, colours)
     for group, runs in groups.items():
         for k, run in enumerate(runs):
             rows = [r for r in rows_by_run[run["name"]] if r.get("stsb_dev") is not None]
-            ax.plot([r["step"] for r in rows], [r["stsb_dev"] for r in rows], "o-", ms=3, lw=1, color=colours[group],
+            ax.plot([r["step"] for r in rows], [r["stsb_dev"] for r in rows], "o", ls=_dashes(results, group, colours),
+                    ms=3, lw=1, color=colours[group],
                     alpha=0.85, label=group if k == 0 else None)
             best = by_name[run["name"]]["phases"]["best"]
             if best["step"] is not None:
@@ -151,7 +167,8 @@ def _overlay(plt, groups, rows_by_run, by_name, results, rank_key, colours):
                 continue
             lo = [m - s for m, s in zip(b["mean"], b["std"])]
             hi = [m + s for m, s in zip(b["mean"], b["std"])]
-            ax.plot(b["steps"], b["mean"], color=colours[group], lw=1.5, label=f"{group} (n={len(runs)})")
+            ax.plot(b["steps"], b["mean"], color=colours[group], ls=_dashes(results, group, colours), lw=1.5,
+                    label=f"{group} (n={len(runs)})")
             ax.fill_between(b["steps"], lo, hi, color=colours[group], alpha=0.2, lw=0)
         ax.set_xlabel("step", fontsize=8)
         ax.set_ylabel(name, fontsize=8)
