@@ -98,25 +98,7 @@ def main(argv=None):
         fail(str(err))
 
     # ---- model and the embedding it is read with
-    try:
-        encoder, tokenizer = load_pretrained(args.model_name_or_path)
-        embedding, source = read_embedding(encoder.config, args.embedding)
-    except ModelLoadError as err:
-        fail(err.reason)
-    except ValueError as err:
-        fail(f"{args.model_name_or_path}/{err}")
-    if args.pooler:
-        embedding, source = Embedding(args.pooler), "--pooler" + (", the checkpoint's template not applied" if
-                                                                  embedding.template else "")
-    device = args.device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        model = checkpoint_embedder(encoder.to(device), tokenizer, embedding).to(device)
-    except ValueError as err:  # the mask pooler on a tokenizer without a mask token, a template too long
-        fail(f"{args.model_name_or_path}: {err}")
-    max_length = args.max_seq_length or default_max_length(tokenizer, encoder.config)
-    shown = f" | {embedding.describe()}" if embedding.describe() else ""
-    print(f"model {args.model_name_or_path} | pooler {embedding.pooler} ({source}){shown} | max_seq_length "
-          f"{max_length} | {device}")
+    model, tokenizer, embedding, source, max_length, device = load_embedder(args)
     # each sentence is encoded once per run, however many tasks share it
     embed = EmbeddingCache(lambda sentences: encode(model, tokenizer, sentences, batch_size=args.batch_size,
                                                     max_length=max_length, device=device, progress=sys.stderr.isatty(),
@@ -163,6 +145,31 @@ def main(argv=None):
         write_json_atomic(args.output_json, record, indent=2)
         print(f"wrote {args.output_json}")
     return record
+
+
+def load_embedder(args):
+    """(module, tokenizer, Embedding, where the embedding came from, max_length, device): the checkpoint read with
+    its recorded embedding, or --pooler's; a checkpoint or embedding that cannot be read fails with its message."""
+    try:
+        encoder, tokenizer = load_pretrained(args.model_name_or_path)
+        embedding, source = read_embedding(encoder.config, args.embedding)
+    except ModelLoadError as err:
+        fail(err.reason)
+    except ValueError as err:
+        fail(f"{args.model_name_or_path}/{err}")
+    if args.pooler:
+        embedding, source = Embedding(args.pooler), "--pooler" + (", the checkpoint's template not applied" if
+                                                                  embedding.template else "")
+    device = args.device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        model = checkpoint_embedder(encoder.to(device), tokenizer, embedding).to(device)
+    except ValueError as err:  # the mask pooler on a tokenizer without a mask token, a template too long
+        fail(f"{args.model_name_or_path}: {err}")
+    max_length = args.max_seq_length or default_max_length(tokenizer, encoder.config)
+    shown = f" | {embedding.describe()}" if embedding.describe() else ""
+    print(f"model {args.model_name_or_path} | pooler {embedding.pooler} ({source}){shown} | max_seq_length "
+          f"{max_length} | {device}")
+    return model, tokenizer, embedding, source, max_length, device
 
 
 def mteb_scores(mteb_tasks, embed, args) -> dict:
