@@ -145,6 +145,24 @@ def model_problem(args, encoder, tokenizer, max_length: int) -> str | None:
     return METHODS[args.method].check_tokenizer(tokenizer, args)
 
 
+def build_model(args, encoder, tokenizer, steps_per_epoch: int, total_steps: int):
+    """(the model evaluated and exported, the method that trains it, RR around it or None); a flag that does not
+    fit this model fails here, before any training."""
+    problem = (model_problem(args, encoder, tokenizer, default_max_length(tokenizer, encoder.config))
+               or METHODS[args.method].check_run(args, total_steps))
+    if problem:
+        fail(problem)
+    model = SimCSEModel(encoder, args.pooler_type, args.mlp_only_train, args.unpad_inputs)
+    try:
+        method = METHODS[args.method](args, model, tokenizer, steps_per_epoch=steps_per_epoch)
+    except ValueError as err:  # a method flag that does not fit this model (named in the message)
+        fail(str(err))
+    method.resolve_args(args)  # the run records (and a resume compares) model-dependent defaults as resolved
+    model.sentence_embedding = method.eval_embedding()  # recorded in every export's config.json
+    rank_reduction = RankReduction(method, args, total_steps) if args.rank_reduction > 0 else None
+    return model, method, rank_reduction
+
+
 @one_run
 def main(argv=None):
     args = parse_args(argv)
@@ -189,17 +207,7 @@ def main(argv=None):
     except DataError as err:
         fail(f"--train_file {args.train_file}: {err}")
     total_steps = args.max_train_steps or args.num_train_epochs * batches.steps_per_epoch
-    problem = model_problem(args, encoder, tokenizer, eval_max_length) or METHODS[args.method].check_run(args, total_steps)
-    if problem:
-        fail(problem)
-    model = SimCSEModel(encoder, args.pooler_type, args.mlp_only_train, args.unpad_inputs)  # evaluated and exported
-    try:
-        method = METHODS[args.method](args, model, tokenizer, steps_per_epoch=batches.steps_per_epoch)
-    except ValueError as err:  # a method flag that does not fit this model (named in the message)
-        fail(str(err))
-    method.resolve_args(args)  # the run records (and a resume compares) model-dependent defaults as resolved
-    model.sentence_embedding = method.eval_embedding()  # recorded in every export's config.json
-    rank_reduction = RankReduction(method, args, total_steps) if args.rank_reduction > 0 else None
+    model, method, rank_reduction = build_model(args, encoder, tokenizer, batches.steps_per_epoch, total_steps)
     training_model = TrainingModel(model, rank_reduction or method).to(accelerator.device)
     optimizer = make_optimizer(training_model, args.learning_rate, args.weight_decay, accelerator.device)
     # not prepared: accelerate would step it once per process, and our step count is global already
@@ -224,11 +232,7 @@ def main(argv=None):
     if args.report_to != "none":
         accelerator.init_trackers("simcse", config={k: v if isinstance(v, (int, float, str, bool)) else str(v)
                                                     for k, v in vars(args).items()})
-    accelerator.print(
-        f"{method.label}{' + RR' if rank_reduction else ''} | {len(sentences):,} sentences | "
-        f"{accelerator.num_processes} process(es) x {args.per_device_train_batch_size} = {batches.global_batch_size} "
-        f"per batch | {batches.steps_per_epoch:,} steps/epoch | {total_steps:,} steps | eval pooler {model.eval_pooler}")
-    accelerator.print(f"dev set {eval_sets.names['dev']} | probe set {eval_sets.names['probe']}")
+    accelerator.print(describe_run(method, rank_reduction, len(sentences), batches, total_steps, model, eval_sets))
 
     # ---- the loop: evaluations, exports and saves of the step just reached, then one optimizer step
     progress = tqdm(total=total_steps, initial=state.step, disable=not accelerator.is_local_main_process,
@@ -247,12 +251,7 @@ def main(argv=None):
                 folder.log(record)
                 if kind == "eval" and state.improves(metrics):
                     folder.save_best(model, tokenizer, eval_max_length, state.step, metrics)
-                notes = [tracker.note(state.step, event),
-                         rank_reduction.on_eval(state.step, metrics["stsb_dev"], kind == "eval") if rank_reduction else None,
-                         stopper.update(state.step, metrics["stsb_dev"]) if kind == "eval" or args.rr_watch == "every" else None,
-                         stopper.stop(state.step, "the learning rate has reached 0 (--rr_anneal_lr)")
-                         if rank_reduction and rank_reduction.annealed(state.step) and not stopper.stopped else None]
-                for note in filter(None, notes):
+                for note in eval_notes(args, state.step, kind, metrics, event, tracker, rank_reduction, stopper):
                     accelerator.print(f"\n{note}")
                 progress.set_postfix(stsb_dev=f"{metrics['stsb_dev']:.2f}", best=f"{state.best_score:.2f}")
                 state.eval_seconds += time.perf_counter() - started
@@ -280,11 +279,7 @@ def main(argv=None):
 
     # ---- the end: the last state where it is needed, the summary
     status = final_status(status, window, stopper, state)
-    last_state = None
-    if status != "finished":  # an early stop resumes from it with more steps; a failure from the last good step
-        last_state = folder.state_path(state.step)
-        if not os.path.isdir(last_state):
-            last_state = folder.save_state(state.step, args.checkpoints_total_limit)
+    last_state = None if status == "finished" else last_state_saved(folder, state.step, args.checkpoints_total_limit)
     summary = run_summary(args, status, state, total_steps, folder, tracker, stopper, rank_reduction, model, batches,
                           eval_sets.names)
     accelerator.print(summary["rank"]["offline_peak"]["description"])
@@ -317,6 +312,32 @@ def resume(args, folder, state, stopper, accelerator) -> tuple[str | None, bool]
         accelerator.print(f"resumed from {resumed_from} at step {state.step}" + "".join(
             f", --{k} {new} (was {old})" for k, (old, new) in changed.items()))
     return resumed_from, False
+
+
+def describe_run(method, rank_reduction, n_sentences: int, batches, total_steps: int, model, eval_sets) -> str:
+    """The run's first lines: what trains on what, in which batches, evaluated on which sets."""
+    return (f"{method.label}{' + RR' if rank_reduction else ''} | {n_sentences:,} sentences | "
+            f"{batches.num_processes} process(es) x {batches.batch_size} = {batches.global_batch_size} per batch | "
+            f"{batches.steps_per_epoch:,} steps/epoch | {total_steps:,} steps | eval pooler {model.eval_pooler}\n"
+            f"dev set {eval_sets.names['dev']} | probe set {eval_sets.names['probe']}")
+
+
+def eval_notes(args, step: int, kind: str, metrics: dict, event, tracker, rank_reduction, stopper) -> list[str]:
+    """What an evaluation changed, to print: the rank peak, RR's schedule, the early stop (updated here, in this
+    order)."""
+    notes = [tracker.note(step, event),
+             rank_reduction.on_eval(step, metrics["stsb_dev"], kind == "eval") if rank_reduction else None,
+             stopper.update(step, metrics["stsb_dev"]) if kind == "eval" or args.rr_watch == "every" else None,
+             stopper.stop(step, "the learning rate has reached 0 (--rr_anneal_lr)")
+             if rank_reduction and rank_reduction.annealed(step) and not stopper.stopped else None]
+    return [note for note in notes if note]
+
+
+def last_state_saved(folder, step: int, total_limit) -> str:
+    """The state of the last step, saved where it is not yet: an early stop resumes from it with more steps, a
+    failure from its last good step."""
+    path = folder.state_path(step)
+    return path if os.path.isdir(path) else folder.save_state(step, total_limit)
 
 
 def final_status(status: str, window, stopper, state) -> str:

@@ -145,6 +145,7 @@ def test_two_cpu_processes_under_accelerate_launch(tmp_path, corpus, fake_sentev
                 assert a[key] == pytest.approx(b[key], abs=1e-4), (a, b)
     summary = json.load(open(tmp_path / "two" / "summary.json"))
     assert summary["num_processes"] == 2 and summary["global_batch_size"] == 8
+    assert "2 process(es) x 4 = 8 per batch" in double.stdout and "1 process(es) x 8 = 8 per batch" in single.stdout
     assert summary["status"] == json.load(open(tmp_path / "one" / "summary.json"))["status"] == "early_stopped"
 
 
@@ -490,6 +491,7 @@ def test_rr_schedule_is_logged_and_decays(tmp_path, tiny_bert, corpus, fake_sent
     assert all(abs(r["loss"] - (r["infonce"] + r["rr_weight"] * r["rr_vne"])) < 1e-4 for r in trains)
     assert all(r["grad_norm"] > 0 for r in trains)
     assert json.load(open(out / "summary.json"))["rank_reduction"]["schedule"] == "linear"
+    assert proc.stdout.startswith("SimCSE + RR | ") and "| 8 steps | eval pooler" in proc.stdout
 
 
 # ---- the output folder as one run: resume checks, lock, corrupt states, unusable paths

@@ -182,6 +182,7 @@ class SentenceBatches:
         self.sentences = sentences
         self.tokenizer = tokenizer
         self.batch_size = per_device_batch_size
+        self.num_processes = num_processes
         self.global_batch_size = per_device_batch_size * num_processes
         self.max_length = max_length
         self.seed = seed
