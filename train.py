@@ -237,7 +237,6 @@ def main(argv=None):
     # ---- the loop: evaluations, exports and saves of the step just reached, then one optimizer step
     progress = tqdm(total=total_steps, initial=state.step, disable=not accelerator.is_local_main_process,
                     desc="train", unit="step")
-    status = "finished"
     while True:
         if state.done_step != state.step:  # a resumed run's step was evaluated and saved before its state was
             kind = tracker.due(state.step)
@@ -278,7 +277,7 @@ def main(argv=None):
     progress.close()
 
     # ---- the end: the last state where it is needed, the summary
-    status = final_status(status, window, stopper, state)
+    status = final_status(window, stopper, state)
     last_state = None if status == "finished" else last_state_saved(folder, state.step, args.checkpoints_total_limit)
     summary = run_summary(args, status, state, total_steps, folder, tracker, stopper, rank_reduction, model, batches,
                           eval_sets.names)
@@ -340,15 +339,15 @@ def last_state_saved(folder, step: int, total_limit) -> str:
     return path if os.path.isdir(path) else folder.save_state(step, total_limit)
 
 
-def final_status(status: str, window, stopper, state) -> str:
-    """How the run ended: a non-finite step, its early stop, no usable evaluation, or as the loop says."""
+def final_status(window, stopper, state) -> str:
+    """How the run ended: a non-finite step, its early stop, no usable evaluation, or finished."""
     if window.failure():  # its update, and any later non-finite one, was skipped: the weights are the last good
         return f"stopped: {window.failure()}"
     if stopper.stopped:
         return "early_stopped"
-    if status == "finished" and state.best_step is None:
+    if state.best_step is None:
         return "stopped: no evaluation gave a finite STS-B dev score (check the evaluation files and the model)"
-    return status
+    return "finished"
 
 
 def say_outcome(args, status: str, state, last_state, best_dir: str, accelerator) -> None:
