@@ -254,15 +254,19 @@ def train_argv(model, corpus, data, out, *extra) -> list[str]:
             "--output_dir", str(out), *TRAIN_ARGS, *extra]
 
 
-def train_in_process(model, corpus, data, out, *extra) -> None:
-    """train.main in this process (SystemExit as the script's exit); accelerate's per-process state is
-    reset first, as a new process would start."""
+def fresh_train_main(argv) -> None:
+    """train.main in this process as a new process would start it: accelerate's per-process state reset first."""
     from accelerate.state import AcceleratorState
 
     import train
 
     AcceleratorState._reset_state(reset_partial_state=True)
-    train.main(train_argv(model, corpus, data, out, *extra))
+    train.main(argv)
+
+
+def train_in_process(model, corpus, data, out, *extra) -> None:
+    """train.main in this process (SystemExit as the script's exit)."""
+    fresh_train_main(train_argv(model, corpus, data, out, *extra))
 
 
 # ----------------------------------------------------------------------------- two CPU processes
