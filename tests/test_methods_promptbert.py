@@ -139,7 +139,9 @@ def _independent_deltas(encoder, tokenizer, template, copies, start=0):
     out = []
     for k in range(copies):
         positions = [start + j + (k if j >= slot else 0) for j in range(len(ids))]
-        hidden = encoder(input_ids=torch.tensor([ids]), position_ids=torch.tensor([positions])).last_hidden_state
+        # an explicit mask: without one, transformers reads a jump in position_ids as a second packed sequence
+        hidden = encoder(input_ids=torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                         position_ids=torch.tensor([positions])).last_hidden_state
         out.append(hidden[0, mask_at])
     return torch.stack(out)
 

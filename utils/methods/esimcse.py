@@ -28,6 +28,7 @@ import random
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from utils.cli import number
 from utils.distributed import gather_with_grad, world
@@ -162,13 +163,15 @@ class ESimCSE(Method):
         if self.queue_size == 0:
             return
         was_training = self.momentum_encoder.training
-        self.momentum_encoder.eval()
+        # nn.Module's own mode switch: transformers' override also switches its hub kernels, which graph
+        # capture (--torch_compile) cannot trace
+        nn.Module.train(self.momentum_encoder, False)
         try:
             outputs = encoder_outputs(self.momentum_encoder, model.pooler_type, view1["input_ids"],
                                       view1["attention_mask"], model.unpad,
                                       **{k: v for k, v in view1.items() if k not in ("input_ids", "attention_mask")})
         finally:
-            self.momentum_encoder.train(was_training)
+            nn.Module.train(self.momentum_encoder, was_training)
         if model.mlp is None:
             new = pool(model.pooler_type, view1["attention_mask"], outputs)
         else:
