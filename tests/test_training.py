@@ -63,7 +63,8 @@ def _one_step(path, method, compile_mode=None):
 @pytest.mark.parametrize("method", list(METHODS))
 def test_every_methods_step_compiles_whole_with_the_eager_numbers(still_bert, method, monkeypatch):
     # fullgraph: any graph break in the forward, the method's loss, RR or the clipping would raise here.
-    # AOTAutograd's eager backend traces exactly what inductor compiles, without generating code.
+    # AOTAutograd's eager backend traces exactly what inductor compiles, without generating code (inductor's
+    # code is checked end to end by tests/test_train.py's --torch_compile run).
     eager = _one_step(still_bert, method)
     monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="aot_eager"))
     compiled = _one_step(still_bert, method, "default")
@@ -71,14 +72,6 @@ def test_every_methods_step_compiles_whole_with_the_eager_numbers(still_bert, me
     assert compiled[1] and eager[1]
     for a, b in zip(compiled[2], eager[2]):  # SGD with lr 1: the same gradients
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
-
-
-def test_the_compiled_step_in_generated_code_matches_the_eager_step_to_rounding(still_bert):
-    eager = _one_step(still_bert, "simcse")
-    compiled = _one_step(still_bert, "simcse", "default")  # inductor: C++ kernels on the CPU
-    torch.testing.assert_close(compiled[0], eager[0], rtol=1e-4, atol=1e-6)
-    for a, b in zip(compiled[2], eager[2]):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
 def test_a_non_finite_step_is_skipped_on_the_device_and_read_with_the_record():
